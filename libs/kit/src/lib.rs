@@ -1,0 +1,28 @@
+//! How a service of the platform runs: configuration, telemetry, trace context, shutdown, the admin HTTP endpoints,
+//! the gRPC server, PostgreSQL, Redis, NATS, the NATS RPC transport, the transactional outbox and idempotent
+//! consumers.
+//!
+//! **Architecture Invariant:** kit knows nothing of the domain. From `proto` it uses only the names
+//! (`proto::names`) and the platform-level messages (`pension.common.v1`, `ServiceStarted`); it never touches a
+//! service's tables or domain messages.
+
+pub mod admin;
+pub mod config;
+pub mod consumer;
+pub mod db;
+pub mod error;
+pub mod grpc;
+pub mod nats;
+pub mod outbox;
+pub mod process;
+pub mod redis;
+pub mod rpc;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
+pub mod trace;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use error::Unavailable;

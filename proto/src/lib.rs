@@ -1,0 +1,58 @@
+//! The platform's contract: the generated protobuf and gRPC code of every internal service and event, the codec
+//! they share, and the names of every NATS subject, stream and consumer.
+//!
+//! Every message that crosses a process boundary is a type from this crate. Services never depend on each other's
+//! crates; they depend on this one.
+
+pub mod codec;
+pub mod names;
+
+/// The encoded `FileDescriptorSet` of every .proto in this crate, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
+
+/// Generated code, one module per protobuf package.
+pub mod pension {
+    pub mod common {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/pension.common.v1.rs"));
+        }
+    }
+    pub mod identity {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/pension.identity.v1.rs"));
+        }
+    }
+    pub mod units {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/pension.units.v1.rs"));
+        }
+    }
+    pub mod personnel {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/pension.personnel.v1.rs"));
+        }
+    }
+    pub mod printing {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/pension.printing.v1.rs"));
+        }
+    }
+    pub mod events {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/pension.events.v1.rs"));
+        }
+    }
+    pub mod testing {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/pension.testing.v1.rs"));
+        }
+    }
+}
+
+pub use pension::common::v1 as common;
+pub use pension::events::v1 as events;
+pub use pension::identity::v1 as identity;
+pub use pension::personnel::v1 as personnel;
+pub use pension::printing::v1 as printing;
+pub use pension::testing::v1 as testing;
+pub use pension::units::v1 as units;

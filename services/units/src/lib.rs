@@ -1,0 +1,73 @@
+//! The units service: insured units (参保单位), their declarations (申报) with their history, and the agencies'
+//! review decisions, in its own database.
+//!
+//! This first version serves the readiness probe (`GetStatus`) over NATS RPC and gRPC; the journeys add the unit
+//! record, declaration and review.
+
+use kit::process::Process;
+use kit::service::{Platform, Runtime, ServiceApp, ServiceConfig, ServiceDefaults};
+use proto::names::Service;
+use proto::units::units_server::{Units, UnitsServer};
+use sqlx::migrate::Migrator;
+use tonic::{Request, Response, Status};
+
+/// The service's schema, applied at start-up after kit's tables.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/units");
+
+/// The name, database and ports used unless configured otherwise (section `units`).
+pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
+    service: Service::Units,
+    database: "pension_units",
+    grpc_port: 50061,
+    admin_port: 8092,
+};
+
+/// The service, bound and ready to run.
+pub type App = ServiceApp<UnitsServer<UnitsApi>>;
+
+/// Connects, migrates and binds the service. `serve_admin` is false when the process serves the admin endpoints
+/// itself (`pension all`).
+pub async fn build(
+    config: &ServiceConfig,
+    platform: &Platform,
+    serve_admin: bool,
+) -> anyhow::Result<App> {
+    let runtime = Runtime::start(&DEFAULTS, &config.database, &MIGRATOR, platform).await?;
+    let api = UnitsApi {
+        runtime: runtime.clone(),
+    };
+    ServiceApp::bind(
+        runtime,
+        UnitsServer::new(api),
+        (config, &DEFAULTS),
+        platform,
+        serve_admin,
+    )
+    .await
+}
+
+/// Runs the service as its own process until shutdown.
+pub async fn run(process: Process) -> anyhow::Result<()> {
+    let platform = Platform::connect(&process, "units").await?;
+    let config: ServiceConfig = process.settings.section("units")?;
+    build(&config, &platform, true)
+        .await?
+        .run(process.shutdown.clone())
+        .await
+}
+
+/// The gRPC face of the service: parses requests, calls the domain, maps errors.
+#[derive(Debug, Clone)]
+pub struct UnitsApi {
+    runtime: Runtime,
+}
+
+#[tonic::async_trait]
+impl Units for UnitsApi {
+    async fn get_status(
+        &self,
+        _request: Request<proto::common::GetStatusRequest>,
+    ) -> Result<Response<proto::common::ServiceStatus>, Status> {
+        self.runtime.status().await.map(Response::new)
+    }
+}
