@@ -60,10 +60,28 @@ impl Settings {
             Ok(section) => Ok(section),
             Err(config::ConfigError::NotFound(_)) => Ok(T::default()),
             Err(error) => Err(ConfigError::Key {
-                key: key.to_owned(),
+                key: self.offending_key::<T>(key),
                 message: error.to_string(),
             }),
         }
+    }
+
+    /// The full key of the value that spoils a section (`gateway.http_addr`, not just `gateway`): the config crate
+    /// names only the section, so each entry is tried alone, the others taking their defaults.
+    fn offending_key<T: DeserializeOwned>(&self, section: &str) -> String {
+        let Ok(table) = self.merged.get_table(section) else {
+            return section.to_owned();
+        };
+        for (field, value) in table {
+            let alone = config::Value::new(
+                None,
+                config::ValueKind::Table(config::Map::from([(field.clone(), value)])),
+            );
+            if alone.try_deserialize::<T>().is_err() {
+                return format!("{section}.{field}");
+            }
+        }
+        section.to_owned()
     }
 }
 
