@@ -58,40 +58,21 @@ fn main() -> ExitCode {
 /// Builds every component on one NATS connection and one readiness, then runs them until shutdown. The gateway's
 /// HTTP port serves the admin endpoints for the whole process.
 async fn run_all(process: Process) -> anyhow::Result<()> {
+    // Every section is read before anything connects, so a configuration mistake stops start-up untouched.
     let settings = &process.settings;
-    let platform = Platform::connect(&process, "pension-all").await?;
-    let identity = identity::build(
-        &settings.section::<ServiceConfig>("identity")?,
-        &platform,
-        false,
-    )
-    .await?;
-    let units = units::build(
-        &settings.section::<ServiceConfig>("units")?,
-        &platform,
-        false,
-    )
-    .await?;
-    let personnel = personnel::build(
-        &settings.section::<ServiceConfig>("personnel")?,
-        &platform,
-        false,
-    )
-    .await?;
-    let printing = printing::build(
-        &settings.section::<ServiceConfig>("printing")?,
-        &platform,
-        false,
-    )
-    .await?;
+    let identity_config = settings.section::<ServiceConfig>("identity")?;
+    let units_config = settings.section::<ServiceConfig>("units")?;
+    let personnel_config = settings.section::<ServiceConfig>("personnel")?;
+    let printing_config = settings.section::<ServiceConfig>("printing")?;
+    let gateway_config = settings.section::<gateway::Config>("gateway")?;
     let redis = Redis::connect(&settings.section::<RedisConfig>("redis")?)
         .context("redis configuration")?;
-    let gateway = gateway::build(
-        &settings.section::<gateway::Config>("gateway")?,
-        &platform,
-        redis,
-    )
-    .await?;
+    let platform = Platform::connect(&process, "pension-all").await?;
+    let identity = identity::build(&identity_config, &platform, false).await?;
+    let units = units::build(&units_config, &platform, false).await?;
+    let personnel = personnel::build(&personnel_config, &platform, false).await?;
+    let printing = printing::build(&printing_config, &platform, false).await?;
+    let gateway = gateway::build(&gateway_config, &platform, redis).await?;
     tracing::info!(
         http = gateway.http_port(),
         grpc = gateway.grpc_port(),

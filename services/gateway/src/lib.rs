@@ -119,10 +119,10 @@ impl App {
 
 /// Runs the gateway as its own process until shutdown.
 pub async fn run(process: Process) -> anyhow::Result<()> {
-    let platform = Platform::connect(&process, "gateway").await?;
     let config: Config = process.settings.section("gateway")?;
     let redis_config: RedisConfig = process.settings.section("redis")?;
     let redis = Redis::connect(&redis_config).context("redis configuration")?;
+    let platform = Platform::connect(&process, "gateway").await?;
     build(&config, &platform, redis)
         .await?
         .run(process.shutdown.clone())

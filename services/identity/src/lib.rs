@@ -48,8 +48,8 @@ pub async fn build(
 
 /// Runs the service as its own process until shutdown.
 pub async fn run(process: Process) -> anyhow::Result<()> {
-    let platform = Platform::connect(&process, "identity").await?;
     let config: ServiceConfig = process.settings.section("identity")?;
+    let platform = Platform::connect(&process, "identity").await?;
     build(&config, &platform, true)
         .await?
         .run(process.shutdown.clone())

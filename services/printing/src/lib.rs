@@ -48,8 +48,8 @@ pub async fn build(
 
 /// Runs the service as its own process until shutdown.
 pub async fn run(process: Process) -> anyhow::Result<()> {
-    let platform = Platform::connect(&process, "printing").await?;
     let config: ServiceConfig = process.settings.section("printing")?;
+    let platform = Platform::connect(&process, "printing").await?;
     build(&config, &platform, true)
         .await?
         .run(process.shutdown.clone())

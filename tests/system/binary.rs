@@ -1,0 +1,276 @@
+//! The real `pension` binary, run the way `make run` runs it: it starts, reports every dependency ready, lists the
+//! four services and health through reflection, records its start in the event streams, and stops cleanly on
+//! SIGTERM. A configuration mistake stops it at once, naming the key.
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kit::testing::{
+    TestDatabase, eventually, free_port, shared_nats_url, shared_redis_url, unique_suffix,
+};
+use proto::common::GetStatusRequest;
+use proto::units::units_client::UnitsClient;
+use tokio_stream::StreamExt;
+
+use crate::helpers::{check_ok, get_json};
+
+struct RunningBinary {
+    child: Child,
+    http_port: u16,
+    grpc_port: u16,
+    namespace: String,
+    _databases: Vec<TestDatabase>,
+}
+
+async fn start_binary() -> RunningBinary {
+    let (http_port, grpc_port) = (free_port(), free_port());
+    let namespace = format!("t_{}", unique_suffix());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pension"));
+    command
+        .arg("all")
+        .env(
+            "PENSION__GATEWAY__HTTP_ADDR",
+            format!("127.0.0.1:{http_port}"),
+        )
+        .env(
+            "PENSION__GATEWAY__GRPC_ADDR",
+            format!("127.0.0.1:{grpc_port}"),
+        )
+        .env("PENSION__NATS__URL", shared_nats_url())
+        .env("PENSION__NATS__NAMESPACE", &namespace)
+        .env("PENSION__REDIS__URL", shared_redis_url())
+        .env("PENSION__REDIS__KEY_PREFIX", format!("{namespace}:"))
+        .env("PENSION__TELEMETRY__FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut databases = Vec::new();
+    for service in ["identity", "units", "personnel", "printing"] {
+        let database = TestDatabase::create().await;
+        let upper = service.to_uppercase();
+        command
+            .env(format!("PENSION__{upper}__DATABASE__URL"), &database.url)
+            .env(format!("PENSION__{upper}__GRPC_ADDR"), "127.0.0.1:0");
+        databases.push(database);
+    }
+    let child = command.spawn().expect("the pension binary starts");
+    RunningBinary {
+        child,
+        http_port,
+        grpc_port,
+        namespace,
+        _databases: databases,
+    }
+}
+
+async fn channel(grpc_port: u16) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc_port}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to the gateway's gRPC port")
+}
+
+async fn reflection_services(grpc_port: u16) -> (BTreeSet<String>, BTreeSet<String>) {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let channel = channel(grpc_port).await;
+
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut replies = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .expect("v1 reflection")
+        .into_inner();
+    let v1_names = match replies
+        .next()
+        .await
+        .expect("a reply")
+        .expect("ok")
+        .message_response
+    {
+        Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) => list
+            .service
+            .into_iter()
+            .map(|service| service.name)
+            .collect(),
+        other => panic!("unexpected v1 reflection reply {other:?}"),
+    };
+
+    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut replies = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .expect("v1alpha reflection")
+        .into_inner();
+    let v1alpha_names = match replies
+        .next()
+        .await
+        .expect("a reply")
+        .expect("ok")
+        .message_response
+    {
+        Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) => {
+            list.service
+                .into_iter()
+                .map(|service| service.name)
+                .collect()
+        }
+        other => panic!("unexpected v1alpha reflection reply {other:?}"),
+    };
+    (v1_names, v1alpha_names)
+}
+
+#[tokio::test]
+async fn pension_all_starts_reports_ready_lists_its_services_and_stops_on_sigterm() {
+    let mut binary = start_binary().await;
+    let readyz = format!("http://127.0.0.1:{}/readyz", binary.http_port);
+    eventually(Duration::from_secs(120), "the binary's /readyz", || async {
+        reqwest::get(&readyz)
+            .await
+            .is_ok_and(|response| response.status().is_success())
+    })
+    .await;
+
+    let (_, report) = get_json(&readyz).await;
+    for dependency in ["postgres", "nats", "redis"] {
+        assert!(check_ok(&report, dependency), "{dependency} in {report}");
+    }
+
+    let expected: BTreeSet<String> = [
+        "grpc.health.v1.Health",
+        "pension.identity.v1.Identity",
+        "pension.personnel.v1.Personnel",
+        "pension.printing.v1.Printing",
+        "pension.units.v1.Units",
+    ]
+    .map(String::from)
+    .into();
+    let (v1_names, v1alpha_names) = reflection_services(binary.grpc_port).await;
+    assert_eq!(v1_names, expected);
+    assert_eq!(v1alpha_names, expected);
+
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(channel(binary.grpc_port).await);
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "pension.units.v1.Units".into(),
+        })
+        .await
+        .expect("health answers")
+        .into_inner();
+    assert_eq!(
+        serving.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    let status = UnitsClient::new(channel(binary.grpc_port).await)
+        .get_status(GetStatusRequest {})
+        .await;
+    assert_eq!(
+        status
+            .expect("units answers through the gateway")
+            .into_inner()
+            .service,
+        "units"
+    );
+
+    // Each service recorded its start through the outbox; the relay published it to the service's stream.
+    let jetstream =
+        async_nats::jetstream::new(async_nats::connect(shared_nats_url()).await.expect("nats"));
+    let stream_name = format!("{}_UNITS", binary.namespace.to_uppercase());
+    eventually(
+        Duration::from_secs(10),
+        "ServiceStarted in the units stream",
+        || {
+            let jetstream = jetstream.clone();
+            let stream_name = stream_name.clone();
+            async move {
+                match jetstream.get_stream(&stream_name).await {
+                    Ok(mut stream) => stream
+                        .info()
+                        .await
+                        .is_ok_and(|info| info.state.messages >= 1),
+                    Err(_) => false,
+                }
+            }
+        },
+    )
+    .await;
+
+    let pid = binary.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let exit = tokio::task::spawn_blocking(move || binary.child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(exit.success(), "a clean exit on SIGTERM: {exit:?}");
+}
+
+#[tokio::test]
+async fn an_invalid_configuration_value_stops_start_up_naming_the_key() {
+    let output = Command::new(env!("CARGO_BIN_EXE_pension"))
+        .arg("all")
+        .env("PENSION__GATEWAY__HTTP_ADDR", "not-an-address")
+        .output()
+        .expect("the binary runs");
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("gateway.http_addr"),
+        "stderr names the key: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_namespace_stops_start_up_naming_the_key() {
+    let output = Command::new(env!("CARGO_BIN_EXE_pension"))
+        .arg("units")
+        .env("PENSION__NATS__NAMESPACE", "has.dots")
+        .env("PENSION__NATS__URL", shared_nats_url())
+        .output()
+        .expect("the binary runs");
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("nats.namespace"),
+        "stderr names the key: {stderr}"
+    );
+}
+
+#[test]
+fn help_lists_every_target() {
+    let output = Command::new(env!("CARGO_BIN_EXE_pension"))
+        .arg("--help")
+        .output()
+        .expect("runs");
+    let help = String::from_utf8_lossy(&output.stdout);
+    for target in [
+        "all",
+        "gateway",
+        "identity",
+        "units",
+        "personnel",
+        "printing",
+    ] {
+        assert!(help.contains(target), "{target} in {help}");
+    }
+}
