@@ -14,9 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     // Reflection describes the platform's API; the test-only package stays out of it.
     let mut published = descriptors.clone();
-    published
-        .file
-        .retain(|file| !file.package().starts_with("pension.testing."));
+    published.file.retain(|file| !file.package().starts_with("pension.testing."));
     std::fs::write(out_dir.join("descriptor.bin"), published.encode_to_vec())?;
     tonic_prost_build::configure()
         // Decode failures must be INVALID_ARGUMENT (the caller sent bad bytes), not tonic's default INTERNAL.

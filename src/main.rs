@@ -65,8 +65,7 @@ async fn run_all(process: Process) -> anyhow::Result<()> {
     let personnel_config = settings.section::<ServiceConfig>("personnel")?;
     let printing_config = settings.section::<ServiceConfig>("printing")?;
     let gateway_config = settings.section::<gateway::Config>("gateway")?;
-    let redis = Redis::connect(&settings.section::<RedisConfig>("redis")?)
-        .context("redis configuration")?;
+    let redis = Redis::connect(&settings.section::<RedisConfig>("redis")?).context("redis configuration")?;
     let platform = Platform::connect(&process, "pension-all").await?;
     let identity = identity::build(&identity_config, &platform, false).await?;
     let units = units::build(&units_config, &platform, false).await?;
@@ -87,9 +86,5 @@ async fn run_all(process: Process) -> anyhow::Result<()> {
         printing.run(shutdown.clone()),
         gateway.run(shutdown.clone()),
     );
-    identity
-        .and(units)
-        .and(personnel)
-        .and(printing)
-        .and(gateway)
+    identity.and(units).and(personnel).and(printing).and(gateway)
 }

@@ -17,9 +17,7 @@ pub struct ProtobufCodec<T, U> {
 
 impl<T, U> Default for ProtobufCodec<T, U> {
     fn default() -> Self {
-        Self {
-            _types: PhantomData,
-        }
+        Self { _types: PhantomData }
     }
 }
 
@@ -56,10 +54,7 @@ impl<U: prost::Message + Default> Decoder for StrictDecoder<U> {
         U::decode(buf).map(Some).map_err(|error| {
             Status::invalid_argument(format!(
                 "the message body is not a valid {}: {error}",
-                std::any::type_name::<U>()
-                    .rsplit("::")
-                    .next()
-                    .unwrap_or("message")
+                std::any::type_name::<U>().rsplit("::").next().unwrap_or("message")
             ))
         })
     }

@@ -12,9 +12,7 @@ pub struct Namespace(String);
 
 /// Why a namespace was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error(
-    "invalid NATS namespace {0:?}: use 1 to 32 lower-case letters, digits or '_', starting with a letter"
-)]
+#[error("invalid NATS namespace {0:?}: use 1 to 32 lower-case letters, digits or '_', starting with a letter")]
 pub struct InvalidNamespace(pub String);
 
 impl Namespace {
@@ -24,14 +22,8 @@ impl Namespace {
         let valid = !value.is_empty()
             && value.len() <= 32
             && value.starts_with(|c: char| c.is_ascii_lowercase())
-            && value
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if valid {
-            Ok(Self(value))
-        } else {
-            Err(InvalidNamespace(value))
-        }
+            && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if valid { Ok(Self(value)) } else { Err(InvalidNamespace(value)) }
     }
 
     /// The namespace itself.
@@ -89,12 +81,7 @@ pub enum Service {
 
 impl Service {
     /// Every internal service, in the order of the journey.
-    pub const ALL: [Service; 4] = [
-        Service::Identity,
-        Service::Units,
-        Service::Personnel,
-        Service::Printing,
-    ];
+    pub const ALL: [Service; 4] = [Service::Identity, Service::Units, Service::Personnel, Service::Printing];
 
     /// The short name used in subjects, queue groups, database names and configuration sections.
     pub fn as_str(self) -> &'static str {
@@ -132,15 +119,9 @@ mod tests {
     #[test]
     fn names_derive_from_the_namespace() {
         let ns = Namespace::new("pension").expect("valid");
-        assert_eq!(
-            ns.rpc_subject("units", "GetStatus"),
-            "pension.rpc.units.v1.GetStatus"
-        );
+        assert_eq!(ns.rpc_subject("units", "GetStatus"), "pension.rpc.units.v1.GetStatus");
         assert_eq!(ns.events_filter("units"), "pension.events.units.>");
-        assert_eq!(
-            ns.event_subject("units", "declared"),
-            "pension.events.units.declared"
-        );
+        assert_eq!(ns.event_subject("units", "declared"), "pension.events.units.declared");
         assert_eq!(ns.events_stream("units"), "PENSION_UNITS");
         assert_eq!(ns.consumer("printing", "declared"), "printing_declared");
     }

@@ -6,9 +6,7 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use kit::testing::{
-    TestDatabase, eventually, free_port, shared_nats_url, shared_redis_url, unique_suffix,
-};
+use kit::testing::{TestDatabase, eventually, free_port, shared_nats_url, shared_redis_url, unique_suffix};
 use proto::common::GetStatusRequest;
 use proto::units::units_client::UnitsClient;
 use tokio_stream::StreamExt;
@@ -29,14 +27,8 @@ async fn start_binary() -> RunningBinary {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pension"));
     command
         .arg("all")
-        .env(
-            "PENSION__GATEWAY__HTTP_ADDR",
-            format!("127.0.0.1:{http_port}"),
-        )
-        .env(
-            "PENSION__GATEWAY__GRPC_ADDR",
-            format!("127.0.0.1:{grpc_port}"),
-        )
+        .env("PENSION__GATEWAY__HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+        .env("PENSION__GATEWAY__GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
         .env("PENSION__NATS__URL", shared_nats_url())
         .env("PENSION__NATS__NAMESPACE", &namespace)
         .env("PENSION__REDIS__URL", shared_redis_url())
@@ -54,13 +46,7 @@ async fn start_binary() -> RunningBinary {
         databases.push(database);
     }
     let child = command.spawn().expect("the pension binary starts");
-    RunningBinary {
-        child,
-        http_port,
-        grpc_port,
-        namespace,
-        _databases: databases,
-    }
+    RunningBinary { child, http_port, grpc_port, namespace, _databases: databases }
 }
 
 async fn channel(grpc_port: u16) -> tonic::transport::Channel {
@@ -78,54 +64,27 @@ async fn reflection_services(grpc_port: u16) -> (BTreeSet<String>, BTreeSet<Stri
     let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
     let request = v1::ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
-            String::new(),
-        )),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(String::new())),
     };
-    let mut replies = client
-        .server_reflection_info(tokio_stream::once(request))
-        .await
-        .expect("v1 reflection")
-        .into_inner();
-    let v1_names = match replies
-        .next()
-        .await
-        .expect("a reply")
-        .expect("ok")
-        .message_response
-    {
-        Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) => list
-            .service
-            .into_iter()
-            .map(|service| service.name)
-            .collect(),
+    let mut replies =
+        client.server_reflection_info(tokio_stream::once(request)).await.expect("v1 reflection").into_inner();
+    let v1_names = match replies.next().await.expect("a reply").expect("ok").message_response {
+        Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|service| service.name).collect()
+        }
         other => panic!("unexpected v1 reflection reply {other:?}"),
     };
 
     let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
     let request = v1alpha::ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(
-            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
-        ),
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(String::new())),
     };
-    let mut replies = client
-        .server_reflection_info(tokio_stream::once(request))
-        .await
-        .expect("v1alpha reflection")
-        .into_inner();
-    let v1alpha_names = match replies
-        .next()
-        .await
-        .expect("a reply")
-        .expect("ok")
-        .message_response
-    {
+    let mut replies =
+        client.server_reflection_info(tokio_stream::once(request)).await.expect("v1alpha reflection").into_inner();
+    let v1alpha_names = match replies.next().await.expect("a reply").expect("ok").message_response {
         Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) => {
-            list.service
-                .into_iter()
-                .map(|service| service.name)
-                .collect()
+            list.service.into_iter().map(|service| service.name).collect()
         }
         other => panic!("unexpected v1alpha reflection reply {other:?}"),
     };
@@ -137,9 +96,7 @@ async fn pension_all_starts_reports_ready_lists_its_services_and_stops_on_sigter
     let mut binary = start_binary().await;
     let readyz = format!("http://127.0.0.1:{}/readyz", binary.http_port);
     eventually(Duration::from_secs(120), "the binary's /readyz", || async {
-        reqwest::get(&readyz)
-            .await
-            .is_ok_and(|response| response.status().is_success())
+        reqwest::get(&readyz).await.is_ok_and(|response| response.status().is_success())
     })
     .await;
 
@@ -161,65 +118,34 @@ async fn pension_all_starts_reports_ready_lists_its_services_and_stops_on_sigter
     assert_eq!(v1_names, expected);
     assert_eq!(v1alpha_names, expected);
 
-    let mut health =
-        tonic_health::pb::health_client::HealthClient::new(channel(binary.grpc_port).await);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel(binary.grpc_port).await);
     let serving = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "pension.units.v1.Units".into(),
-        })
+        .check(tonic_health::pb::HealthCheckRequest { service: "pension.units.v1.Units".into() })
         .await
         .expect("health answers")
         .into_inner();
-    assert_eq!(
-        serving.status(),
-        tonic_health::pb::health_check_response::ServingStatus::Serving
-    );
-    let status = UnitsClient::new(channel(binary.grpc_port).await)
-        .get_status(GetStatusRequest {})
-        .await;
-    assert_eq!(
-        status
-            .expect("units answers through the gateway")
-            .into_inner()
-            .service,
-        "units"
-    );
+    assert_eq!(serving.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+    let status = UnitsClient::new(channel(binary.grpc_port).await).get_status(GetStatusRequest {}).await;
+    assert_eq!(status.expect("units answers through the gateway").into_inner().service, "units");
 
     // Each service recorded its start through the outbox; the relay published it to the service's stream.
-    let jetstream =
-        async_nats::jetstream::new(async_nats::connect(shared_nats_url()).await.expect("nats"));
+    let jetstream = async_nats::jetstream::new(async_nats::connect(shared_nats_url()).await.expect("nats"));
     let stream_name = format!("{}_UNITS", binary.namespace.to_uppercase());
-    eventually(
-        Duration::from_secs(10),
-        "ServiceStarted in the units stream",
-        || {
-            let jetstream = jetstream.clone();
-            let stream_name = stream_name.clone();
-            async move {
-                match jetstream.get_stream(&stream_name).await {
-                    Ok(mut stream) => stream
-                        .info()
-                        .await
-                        .is_ok_and(|info| info.state.messages >= 1),
-                    Err(_) => false,
-                }
+    eventually(Duration::from_secs(10), "ServiceStarted in the units stream", || {
+        let jetstream = jetstream.clone();
+        let stream_name = stream_name.clone();
+        async move {
+            match jetstream.get_stream(&stream_name).await {
+                Ok(mut stream) => stream.info().await.is_ok_and(|info| info.state.messages >= 1),
+                Err(_) => false,
             }
-        },
-    )
+        }
+    })
     .await;
 
     let pid = binary.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    let exit = tokio::task::spawn_blocking(move || binary.child.wait())
-        .await
-        .expect("join")
-        .expect("wait");
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let exit = tokio::task::spawn_blocking(move || binary.child.wait()).await.expect("join").expect("wait");
     assert!(exit.success(), "a clean exit on SIGTERM: {exit:?}");
 }
 
@@ -233,10 +159,7 @@ async fn an_invalid_configuration_value_stops_start_up_naming_the_key() {
 
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("gateway.http_addr"),
-        "stderr names the key: {stderr}"
-    );
+    assert!(stderr.contains("gateway.http_addr"), "stderr names the key: {stderr}");
 }
 
 #[tokio::test]
@@ -250,27 +173,14 @@ async fn an_invalid_namespace_stops_start_up_naming_the_key() {
 
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("nats.namespace"),
-        "stderr names the key: {stderr}"
-    );
+    assert!(stderr.contains("nats.namespace"), "stderr names the key: {stderr}");
 }
 
 #[test]
 fn help_lists_every_target() {
-    let output = Command::new(env!("CARGO_BIN_EXE_pension"))
-        .arg("--help")
-        .output()
-        .expect("runs");
+    let output = Command::new(env!("CARGO_BIN_EXE_pension")).arg("--help").output().expect("runs");
     let help = String::from_utf8_lossy(&output.stdout);
-    for target in [
-        "all",
-        "gateway",
-        "identity",
-        "units",
-        "personnel",
-        "printing",
-    ] {
+    for target in ["all", "gateway", "identity", "units", "personnel", "printing"] {
         assert!(help.contains(target), "{target} in {help}");
     }
 }

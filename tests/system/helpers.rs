@@ -25,55 +25,31 @@ fn loopback_any_port() -> SocketAddr {
 
 /// Builds every service and the gateway on port 0, each service with a database of its own on the server of
 /// `database_admin_url`, in the NATS namespace and Redis prefix of `nats` and `redis`.
-pub async fn spawn_platform(
-    database_admin_url: &str,
-    nats: NatsConfig,
-    redis: RedisConfig,
-) -> TestPlatform {
-    let platform = Platform::connect_with(&nats, "system-test", Readiness::default())
-        .await
-        .expect("nats");
+pub async fn spawn_platform(database_admin_url: &str, nats: NatsConfig, redis: RedisConfig) -> TestPlatform {
+    let platform = Platform::connect_with(&nats, "system-test", Readiness::default()).await.expect("nats");
     let mut databases = Vec::new();
     let service_config = || async {
         let database = TestDatabase::create_on(database_admin_url).await;
-        let config = ServiceConfig {
-            database: database.config(),
-            grpc_addr: Some(loopback_any_port()),
-            admin_addr: None,
-        };
+        let config =
+            ServiceConfig { database: database.config(), grpc_addr: Some(loopback_any_port()), admin_addr: None };
         (database, config)
     };
     let (database, config) = service_config().await;
-    let identity = identity::build(&config, &platform, false)
-        .await
-        .expect("identity");
+    let identity = identity::build(&config, &platform, false).await.expect("identity");
     databases.push(database);
     let (database, config) = service_config().await;
-    let units = units::build(&config, &platform, false)
-        .await
-        .expect("units");
+    let units = units::build(&config, &platform, false).await.expect("units");
     databases.push(database);
     let (database, config) = service_config().await;
-    let personnel = personnel::build(&config, &platform, false)
-        .await
-        .expect("personnel");
+    let personnel = personnel::build(&config, &platform, false).await.expect("personnel");
     databases.push(database);
     let (database, config) = service_config().await;
-    let printing = printing::build(&config, &platform, false)
-        .await
-        .expect("printing");
+    let printing = printing::build(&config, &platform, false).await.expect("printing");
     databases.push(database);
-    let gateway_config = gateway::Config {
-        http_addr: loopback_any_port(),
-        grpc_addr: loopback_any_port(),
-    };
-    let gateway = gateway::build(
-        &gateway_config,
-        &platform,
-        Redis::connect(&redis).expect("redis config"),
-    )
-    .await
-    .expect("gateway");
+    let gateway_config = gateway::Config { http_addr: loopback_any_port(), grpc_addr: loopback_any_port() };
+    let gateway = gateway::build(&gateway_config, &platform, Redis::connect(&redis).expect("redis config"))
+        .await
+        .expect("gateway");
     let (http_port, grpc_port) = (gateway.http_port(), gateway.grpc_port());
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
@@ -87,13 +63,7 @@ pub async fn spawn_platform(
         );
         a.and(b).and(c).and(d).and(e)
     });
-    TestPlatform {
-        http_port,
-        grpc_port,
-        shutdown,
-        task,
-        _databases: databases,
-    }
+    TestPlatform { http_port, grpc_port, shutdown, task, _databases: databases }
 }
 
 impl TestPlatform {
@@ -108,10 +78,7 @@ impl TestPlatform {
 
     pub async fn stop(self) {
         self.shutdown.cancel();
-        self.task
-            .await
-            .expect("platform task")
-            .expect("platform stops cleanly");
+        self.task.await.expect("platform task").expect("platform stops cleanly");
     }
 }
 

@@ -32,9 +32,7 @@ pub struct Readiness {
 
 impl std::fmt::Debug for Readiness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Readiness")
-            .field("draining", &self.draining)
-            .finish_non_exhaustive()
+        f.debug_struct("Readiness").field("draining", &self.draining).finish_non_exhaustive()
     }
 }
 
@@ -75,24 +73,19 @@ impl Readiness {
     /// Runs every check concurrently.
     pub async fn report(&self) -> ReadinessReport {
         let checks: Vec<(String, CheckFn)> = self.lock().clone();
-        let results =
-            futures::future::join_all(checks.into_iter().map(|(name, check)| async move {
-                let started = Instant::now();
-                let result = match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
-                    Ok(result) => result,
-                    Err(_) => Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
-                };
-                (name, result, started.elapsed())
-            }))
-            .await;
+        let results = futures::future::join_all(checks.into_iter().map(|(name, check)| async move {
+            let started = Instant::now();
+            let result = match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
+                Ok(result) => result,
+                Err(_) => Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
+            };
+            (name, result, started.elapsed())
+        }))
+        .await;
         let mut merged: BTreeMap<String, CheckReport> = BTreeMap::new();
         for (name, result, elapsed) in results {
             let latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-            let entry = merged.entry(name).or_insert(CheckReport {
-                ok: true,
-                error: None,
-                latency_ms: 0,
-            });
+            let entry = merged.entry(name).or_insert(CheckReport { ok: true, error: None, latency_ms: 0 });
             entry.latency_ms = entry.latency_ms.max(latency_ms);
             if let Err(error) = result {
                 entry.ok = false;
@@ -104,18 +97,12 @@ impl Readiness {
         }
         let draining = self.draining.load(Ordering::SeqCst);
         let ready = !draining && merged.values().all(|check| check.ok);
-        ReadinessReport {
-            ready,
-            draining,
-            checks: merged,
-        }
+        ReadinessReport { ready, draining, checks: merged }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, CheckFn)>> {
         // A panic while holding this lock cannot leave the list half-changed (push is the only mutation).
-        self.checks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.checks.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -124,20 +111,13 @@ pub fn router(readiness: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route(
-            "/metrics",
-            get(|| async { crate::telemetry::metrics_handle().render() }),
-        )
+        .route("/metrics", get(|| async { crate::telemetry::metrics_handle().render() }))
         .with_state(readiness)
 }
 
 async fn readyz(State(readiness): State<Readiness>) -> impl IntoResponse {
     let report = readiness.report().await;
-    let status = if report.ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if report.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(report))
 }
 
@@ -148,9 +128,7 @@ pub async fn serve_http(
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
     let router = router.layer(crate::trace::TraceLayer);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }
 
 #[cfg(test)]
@@ -161,18 +139,13 @@ mod tests {
     async fn a_name_is_ready_only_when_every_check_under_it_is() {
         let readiness = Readiness::default();
         readiness.add("postgres", || async { Ok(()) });
-        readiness.add("postgres", || async {
-            Err("connection refused".to_owned())
-        });
+        readiness.add("postgres", || async { Err("connection refused".to_owned()) });
         readiness.add("nats", || async { Ok(()) });
         let report = readiness.report().await;
         assert!(!report.ready);
         assert!(report.checks["nats"].ok);
         assert!(!report.checks["postgres"].ok);
-        assert_eq!(
-            report.checks["postgres"].error.as_deref(),
-            Some("connection refused")
-        );
+        assert_eq!(report.checks["postgres"].error.as_deref(), Some("connection refused"));
     }
 
     #[tokio::test]

@@ -37,10 +37,7 @@ impl Settings {
 
     /// Reads the optional file and the given variables instead of the process environment, so tests can check
     /// overrides without touching global state.
-    pub fn load_from(
-        file: Option<&Path>,
-        environment: Option<HashMap<String, String>>,
-    ) -> Result<Self, ConfigError> {
+    pub fn load_from(file: Option<&Path>, environment: Option<HashMap<String, String>>) -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).required(true));
@@ -59,10 +56,7 @@ impl Settings {
         match self.merged.get::<T>(key) {
             Ok(section) => Ok(section),
             Err(config::ConfigError::NotFound(_)) => Ok(T::default()),
-            Err(error) => Err(ConfigError::Key {
-                key: self.offending_key::<T>(key),
-                message: error.to_string(),
-            }),
+            Err(error) => Err(ConfigError::Key { key: self.offending_key::<T>(key), message: error.to_string() }),
         }
     }
 
@@ -73,10 +67,7 @@ impl Settings {
             return section.to_owned();
         };
         for (field, value) in table {
-            let alone = config::Value::new(
-                None,
-                config::ValueKind::Table(config::Map::from([(field.clone(), value)])),
-            );
+            let alone = config::Value::new(None, config::ValueKind::Table(config::Map::from([(field.clone(), value)])));
             if alone.try_deserialize::<T>().is_err() {
                 return format!("{section}.{field}");
             }
@@ -114,55 +105,32 @@ mod tests {
 
     impl Default for Section {
         fn default() -> Self {
-            Self {
-                port: 8080,
-                name: "default".into(),
-            }
+            Self { port: 8080, name: "default".into() }
         }
     }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     #[test]
     fn an_environment_variable_overrides_a_default() {
-        let settings =
-            Settings::load_from(None, Some(env(&[("PENSION__WEB__PORT", "9000")]))).expect("loads");
+        let settings = Settings::load_from(None, Some(env(&[("PENSION__WEB__PORT", "9000")]))).expect("loads");
         let section: Section = settings.section("web").expect("valid");
-        assert_eq!(
-            section,
-            Section {
-                port: 9000,
-                name: "default".into()
-            }
-        );
+        assert_eq!(section, Section { port: 9000, name: "default".into() });
     }
 
     #[test]
     fn an_unconfigured_section_is_its_default() {
         let settings = Settings::load_from(None, Some(env(&[]))).expect("loads");
-        assert_eq!(
-            settings.section::<Section>("web").expect("valid"),
-            Section::default()
-        );
+        assert_eq!(settings.section::<Section>("web").expect("valid"), Section::default());
     }
 
     #[test]
     fn an_invalid_value_is_refused_with_its_key() {
-        let settings = Settings::load_from(None, Some(env(&[("PENSION__WEB__PORT", "eighty")])))
-            .expect("loads");
-        let error = settings
-            .section::<Section>("web")
-            .expect_err("must be refused")
-            .to_string();
-        assert!(
-            error.contains("web") && error.contains("port"),
-            "error names the key: {error}"
-        );
+        let settings = Settings::load_from(None, Some(env(&[("PENSION__WEB__PORT", "eighty")]))).expect("loads");
+        let error = settings.section::<Section>("web").expect_err("must be refused").to_string();
+        assert!(error.contains("web") && error.contains("port"), "error names the key: {error}");
     }
 
     #[test]
@@ -171,18 +139,9 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let file = dir.join("pension.toml");
         std::fs::write(&file, "[web]\nport = 7000\nname = \"from-file\"\n").expect("write");
-        let settings = Settings::load_from(
-            Some(&file),
-            Some(env(&[("PENSION__WEB__NAME", "from-env")])),
-        )
-        .expect("loads");
+        let settings =
+            Settings::load_from(Some(&file), Some(env(&[("PENSION__WEB__NAME", "from-env")]))).expect("loads");
         let section: Section = settings.section("web").expect("valid");
-        assert_eq!(
-            section,
-            Section {
-                port: 7000,
-                name: "from-env".into()
-            }
-        );
+        assert_eq!(section, Section { port: 7000, name: "from-env".into() });
     }
 }

@@ -72,20 +72,8 @@ pub struct ConsumerSpec {
 }
 
 impl ConsumerSpec {
-    pub fn new(
-        stream: String,
-        stream_subjects: String,
-        durable: String,
-        filter_subject: String,
-    ) -> Self {
-        Self {
-            stream,
-            stream_subjects,
-            durable,
-            filter_subject,
-            ack_wait: Duration::from_secs(30),
-            max_deliver: 50,
-        }
+    pub fn new(stream: String, stream_subjects: String, durable: String, filter_subject: String) -> Self {
+        Self { stream, stream_subjects, durable, filter_subject, ack_wait: Duration::from_secs(30), max_deliver: 50 }
     }
 }
 
@@ -145,12 +133,8 @@ async fn consume<H: Handler>(
             },
         )
         .await?;
-    let mut messages = consumer
-        .stream()
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await?;
+    let mut messages =
+        consumer.stream().heartbeat(Duration::from_secs(5)).expires(Duration::from_secs(30)).messages().await?;
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -177,26 +161,14 @@ pub async fn process<H: Handler>(
         .as_ref()
         .and_then(|headers| headers.get("Nats-Msg-Id"))
         .map(|value| value.as_str().to_owned())
-        .or_else(|| {
-            message
-                .info()
-                .ok()
-                .map(|info| format!("{}:{}", info.stream, info.stream_sequence))
-        });
+        .or_else(|| message.info().ok().map(|info| format!("{}:{}", info.stream, info.stream_sequence)));
     let Some(id) = id else {
         tracing::error!(consumer = %spec.durable, subject = %message.subject, "message without an id terminated");
         ack(message, AckKind::Term).await;
         return Outcome::Terminated;
     };
-    let event = Event {
-        id,
-        subject: message.subject.to_string(),
-        payload: message.payload.clone(),
-        delivered,
-    };
-    let result = AssertUnwindSafe(apply(pool, &spec.durable, handler, &event))
-        .catch_unwind()
-        .await;
+    let event = Event { id, subject: message.subject.to_string(), payload: message.payload.clone(), delivered };
+    let result = AssertUnwindSafe(apply(pool, &spec.durable, handler, &event)).catch_unwind().await;
     let outcome = match result {
         Ok(Ok(true)) => {
             ack(message, AckKind::Ack).await;
@@ -238,21 +210,14 @@ pub async fn process<H: Handler>(
 }
 
 /// Applies the event once: `Ok(false)` when the inbox shows it was applied before.
-async fn apply<H: Handler>(
-    pool: &PgPool,
-    consumer: &str,
-    handler: &H,
-    event: &Event,
-) -> Result<bool, HandlerError> {
+async fn apply<H: Handler>(pool: &PgPool, consumer: &str, handler: &H, event: &Event) -> Result<bool, HandlerError> {
     let mut transaction = pool.begin().await?;
-    let first_time = sqlx::query(
-        "insert into kit_inbox (consumer, message_id) values ($1, $2) on conflict do nothing",
-    )
-    .bind(consumer)
-    .bind(&event.id)
-    .execute(&mut *transaction)
-    .await?
-    .rows_affected()
+    let first_time = sqlx::query("insert into kit_inbox (consumer, message_id) values ($1, $2) on conflict do nothing")
+        .bind(consumer)
+        .bind(&event.id)
+        .execute(&mut *transaction)
+        .await?
+        .rows_affected()
         == 1;
     if !first_time {
         transaction.rollback().await?;
@@ -265,8 +230,7 @@ async fn apply<H: Handler>(
 
 /// Backs off with the delivery count: 1 s, 2 s, 4 s … up to a minute.
 fn redelivery_delay(delivered: i64) -> Duration {
-    Duration::from_secs(1u64 << delivered.clamp(1, 7).saturating_sub(1))
-        .min(Duration::from_secs(60))
+    Duration::from_secs(1u64 << delivered.clamp(1, 7).saturating_sub(1)).min(Duration::from_secs(60))
 }
 
 async fn ack(message: &jetstream::Message, kind: AckKind) {
@@ -278,7 +242,5 @@ async fn ack(message: &jetstream::Message, kind: AckKind) {
 
 /// How many events a consumer has handled (from the inbox).
 pub async fn handled_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("select count(*) from kit_inbox")
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar("select count(*) from kit_inbox").fetch_one(pool).await
 }

@@ -33,32 +33,19 @@ pub struct DatabaseConfig {
 impl DatabaseConfig {
     /// The configured URL, or the development default: `database` on the local server as the `postgres` user.
     pub fn url_or_local(&self, database: &str) -> SecretString {
-        self.url.clone().unwrap_or_else(|| {
-            SecretString::from(format!("postgres://postgres@127.0.0.1:5432/{database}"))
-        })
+        self.url.clone().unwrap_or_else(|| SecretString::from(format!("postgres://postgres@127.0.0.1:5432/{database}")))
     }
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self {
-            url: None,
-            max_connections: 16,
-            acquire_timeout: Duration::from_secs(3),
-            create_if_missing: true,
-        }
+        Self { url: None, max_connections: 16, acquire_timeout: Duration::from_secs(3), create_if_missing: true }
     }
 }
 
 /// Connects, creating the database first when configured to. `default_database` is used when no URL is set.
-pub async fn connect(
-    config: &DatabaseConfig,
-    default_database: &str,
-) -> Result<PgPool, sqlx::Error> {
-    let options: PgConnectOptions = config
-        .url_or_local(default_database)
-        .expose_secret()
-        .parse()?;
+pub async fn connect(config: &DatabaseConfig, default_database: &str) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = config.url_or_local(default_database).expose_secret().parse()?;
     let options = options.log_statements(tracing::log::LevelFilter::Trace);
     if config.create_if_missing {
         create_database_if_missing(&options).await?;
@@ -75,17 +62,13 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), sq
         return Ok(());
     };
     let mut admin = options.clone().database("postgres").connect().await?;
-    let exists: bool =
-        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-            .bind(&database)
-            .fetch_one(&mut admin)
-            .await?;
+    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+        .bind(&database)
+        .fetch_one(&mut admin)
+        .await?;
     if !exists {
         let statement = format!("create database \"{}\"", database.replace('"', "\"\""));
-        match sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
-            .execute(&mut admin)
-            .await
-        {
+        match sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&mut admin).await {
             Ok(_) => tracing::info!(%database, "created database"),
             // Two replicas starting together race to create it; the loser finds it made.
             Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("42P04") => {}
@@ -106,29 +89,18 @@ pub async fn migrate(pool: &PgPool, service: &Migrator) -> Result<(), sqlx::migr
 
 /// The newest migration of the service applied to this database.
 pub async fn schema_version(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("select coalesce(max(version), 0) from _sqlx_migrations where success")
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar("select coalesce(max(version), 0) from _sqlx_migrations where success").fetch_one(pool).await
 }
 
 /// Readiness: a round trip to the database.
 pub async fn check(pool: &PgPool) -> CheckResult {
-    sqlx::query("select 1")
-        .execute(pool)
-        .await
-        .map(|_| ())
-        .map_err(|error| error.to_string())
+    sqlx::query("select 1").execute(pool).await.map(|_| ()).map_err(|error| error.to_string())
 }
 
 /// Whether an error means the database could not be reached (as opposed to a query the database refused).
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
-        sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-    ) || matches!(error, sqlx::Error::Database(db) if db.code().is_some_and(|code| code.starts_with("57P") || code.starts_with("08")))
+    matches!(error, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_))
+        || matches!(error, sqlx::Error::Database(db) if db.code().is_some_and(|code| code.starts_with("57P") || code.starts_with("08")))
 }
 
 /// The status a caller gets for a database error: `UNAVAILABLE` when the database cannot be reached, otherwise

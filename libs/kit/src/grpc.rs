@@ -19,9 +19,7 @@ pub struct GrpcServer {
 
 impl std::fmt::Debug for GrpcServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GrpcServer")
-            .field("service_names", &self.service_names)
-            .finish_non_exhaustive()
+        f.debug_struct("GrpcServer").field("service_names", &self.service_names).finish_non_exhaustive()
     }
 }
 
@@ -36,16 +34,10 @@ pub enum GrpcServeError {
 
 impl GrpcServer {
     /// Serves until `shutdown` is cancelled; then health turns NOT_SERVING and in-flight calls finish.
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        shutdown: CancellationToken,
-    ) -> Result<(), GrpcServeError> {
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<(), GrpcServeError> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         for name in &self.service_names {
-            health_reporter
-                .set_service_status(name, tonic_health::ServingStatus::Serving)
-                .await;
+            health_reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
         }
         let mut v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
@@ -56,27 +48,17 @@ impl GrpcServer {
             v1alpha = v1alpha.register_encoded_file_descriptor_set(set);
         }
         // List only what this server serves, although the descriptor sets describe every service.
-        for name in self
-            .service_names
-            .iter()
-            .map(String::as_str)
-            .chain([HEALTH_SERVICE])
-        {
+        for name in self.service_names.iter().map(String::as_str).chain([HEALTH_SERVICE]) {
             v1 = v1.with_service_name(name);
             v1alpha = v1alpha.with_service_name(name);
         }
-        let routes = self
-            .routes
-            .add_service(health_service)
-            .add_service(v1.build_v1()?)
-            .add_service(v1alpha.build_v1alpha()?);
+        let routes =
+            self.routes.add_service(health_service).add_service(v1.build_v1()?).add_service(v1alpha.build_v1alpha()?);
         let service_names = self.service_names.clone();
         let shutdown_signal = async move {
             shutdown.cancelled().await;
             for name in &service_names {
-                health_reporter
-                    .set_service_status(name, tonic_health::ServingStatus::NotServing)
-                    .await;
+                health_reporter.set_service_status(name, tonic_health::ServingStatus::NotServing).await;
             }
         };
         tonic::transport::Server::builder()

@@ -31,10 +31,7 @@ impl Default for NatsConfig {
 
 /// Connects, and keeps reconnecting for ever: a NATS restart must not need a service restart. The first connection
 /// is also retried in the background, so a service starts (and reports "nats" not ready) while NATS is down.
-pub async fn connect(
-    config: &NatsConfig,
-    client_name: &str,
-) -> Result<async_nats::Client, async_nats::ConnectError> {
+pub async fn connect(config: &NatsConfig, client_name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
     async_nats::ConnectOptions::new()
         .name(client_name)
         .retry_on_initial_connect()

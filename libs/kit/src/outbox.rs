@@ -51,11 +51,7 @@ pub struct RelayConfig {
 
 impl Default for RelayConfig {
     fn default() -> Self {
-        Self {
-            batch_size: 500,
-            idle_poll: Duration::from_millis(200),
-            retention: Duration::from_secs(7 * 24 * 3600),
-        }
+        Self { batch_size: 500, idle_poll: Duration::from_millis(200), retention: Duration::from_secs(7 * 24 * 3600) }
     }
 }
 
@@ -77,12 +73,7 @@ pub enum RelayError {
 
 impl Relay {
     pub fn new(pool: PgPool, jetstream: jetstream::Context, config: RelayConfig) -> Self {
-        Self {
-            pool,
-            jetstream,
-            config,
-            wake: Arc::new(Notify::new()),
-        }
+        Self { pool, jetstream, config, wake: Arc::new(Notify::new()) }
     }
 
     /// A handle writers notify after committing an event, so the relay publishes at once instead of at its next poll.
@@ -160,9 +151,8 @@ impl Relay {
         }
         let mut pending = Vec::with_capacity(rows.len());
         for (id, subject, payload) in rows {
-            let publish = jetstream::message::PublishMessage::build()
-                .payload(payload.into())
-                .message_id(id.to_string());
+            let publish =
+                jetstream::message::PublishMessage::build().payload(payload.into()).message_id(id.to_string());
             match self.jetstream.send_publish(subject, publish).await {
                 Ok(ack) => pending.push((id, ack)),
                 Err(error) => {
@@ -171,12 +161,7 @@ impl Relay {
                 }
             }
         }
-        let acks = futures::future::join_all(
-            pending
-                .into_iter()
-                .map(|(id, ack)| async move { (id, ack.await) }),
-        )
-        .await;
+        let acks = futures::future::join_all(pending.into_iter().map(|(id, ack)| async move { (id, ack.await) })).await;
         let mut published = Vec::with_capacity(acks.len());
         for (id, ack) in acks {
             match ack {
@@ -198,17 +183,12 @@ impl Relay {
 
     async fn prune(&self) -> Result<(), sqlx::Error> {
         let cutoff = time::OffsetDateTime::now_utc() - self.config.retention;
-        sqlx::query("delete from kit_outbox where published_at < $1")
-            .bind(cutoff)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query("delete from kit_outbox where published_at < $1").bind(cutoff).execute(&self.pool).await?;
         Ok(())
     }
 }
 
 /// Events written and not yet acknowledged by JetStream.
 pub async fn backlog(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("select count(*) from kit_outbox where published_at is null")
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar("select count(*) from kit_outbox where published_at is null").fetch_one(pool).await
 }

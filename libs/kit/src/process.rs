@@ -24,9 +24,7 @@ pub struct ProcessConfig {
 
 impl Default for ProcessConfig {
     fn default() -> Self {
-        Self {
-            drain_delay: Duration::ZERO,
-        }
+        Self { drain_delay: Duration::ZERO }
     }
 }
 
@@ -55,11 +53,7 @@ impl Process {
             tokio::time::sleep(process_config.drain_delay).await;
             signal_shutdown.cancel();
         });
-        Ok(Self {
-            settings,
-            readiness,
-            shutdown,
-        })
+        Ok(Self { settings, readiness, shutdown })
     }
 }
 

@@ -40,9 +40,7 @@ pub struct Redis {
 
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Redis")
-            .field("key_prefix", &self.key_prefix)
-            .finish_non_exhaustive()
+        f.debug_struct("Redis").field("key_prefix", &self.key_prefix).finish_non_exhaustive()
     }
 }
 
@@ -56,10 +54,7 @@ impl Redis {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(2));
         let connection = ConnectionManager::new_lazy_with_config(client, manager_config)?;
-        Ok(Self {
-            connection,
-            key_prefix: config.key_prefix.clone(),
-        })
+        Ok(Self { connection, key_prefix: config.key_prefix.clone() })
     }
 
     /// A key under this platform's prefix.
@@ -70,10 +65,6 @@ impl Redis {
     /// Readiness: PING answers PONG.
     pub async fn check(&self) -> CheckResult {
         let mut connection = self.connection.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut connection)
-            .await
-            .map(|_| ())
-            .map_err(|error| error.to_string())
+        redis::cmd("PING").query_async::<String>(&mut connection).await.map(|_| ()).map_err(|error| error.to_string())
     }
 }

@@ -45,15 +45,8 @@ pub const DETAILS_HEADER: &str = "Grpc-Status-Details-Bin";
 pub const TIMEOUT_HEADER: &str = "Grpc-Timeout";
 
 /// The gRPC headers of HTTP/2 that describe the transport, not the call; they are not forwarded as metadata.
-const TRANSPORT_HEADERS: [&str; 7] = [
-    "content-type",
-    "te",
-    "user-agent",
-    "grpc-accept-encoding",
-    "grpc-encoding",
-    "grpc-timeout",
-    "content-length",
-];
+const TRANSPORT_HEADERS: [&str; 7] =
+    ["content-type", "te", "user-agent", "grpc-accept-encoding", "grpc-encoding", "grpc-timeout", "content-length"];
 
 /// Serves one tonic-generated service on NATS.
 #[derive(Debug, Clone)]
@@ -67,17 +60,8 @@ pub struct RpcServer {
 impl RpcServer {
     /// `subject_prefix` is the service's subject tree (`pension.rpc.units.v1`); `queue_group` is shared by every
     /// replica of the service.
-    pub fn new(
-        client: Client,
-        subject_prefix: impl Into<String>,
-        queue_group: impl Into<String>,
-    ) -> Self {
-        Self {
-            client,
-            subject_prefix: subject_prefix.into(),
-            queue_group: queue_group.into(),
-            max_in_flight: 256,
-        }
+    pub fn new(client: Client, subject_prefix: impl Into<String>, queue_group: impl Into<String>) -> Self {
+        Self { client, subject_prefix: subject_prefix.into(), queue_group: queue_group.into(), max_in_flight: 256 }
     }
 
     /// How many requests one instance handles at once; further requests wait in NATS's buffer for this instance.
@@ -95,17 +79,11 @@ impl RpcServer {
         shutdown: CancellationToken,
     ) -> Result<(), async_nats::SubscribeError>
     where
-        S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
+        S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone + Send + 'static,
         S::Future: Send + 'static,
     {
         let subject = format!("{}.*", self.subject_prefix);
-        let mut subscriber = self
-            .client
-            .queue_subscribe(subject.clone(), self.queue_group.clone())
-            .await?;
+        let mut subscriber = self.client.queue_subscribe(subject.clone(), self.queue_group.clone()).await?;
         tracing::info!(%subject, queue_group = %self.queue_group, "serving RPC over NATS");
         let context = Arc::new(HandlerContext {
             client: self.client.clone(),
@@ -134,9 +112,7 @@ impl RpcServer {
             tracing::warn!(%error, "cannot unsubscribe from RPC subjects");
         }
         // Requests NATS had already handed to this instance are answered, not dropped.
-        while let Ok(Some(message)) =
-            tokio::time::timeout(Duration::from_millis(50), subscriber.next()).await
-        {
+        while let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(50), subscriber.next()).await {
             let context = context.clone();
             let service = service.clone();
             in_flight.spawn(async move { handle_request(&context, service, message).await });
@@ -156,9 +132,7 @@ struct HandlerContext {
 
 async fn handle_request<S>(context: &HandlerContext, service: S, message: Message)
 where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-        + Send
-        + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
 {
     let Some(reply_to) = message.reply.clone() else {
@@ -166,15 +140,9 @@ where
         return;
     };
     let started = Instant::now();
-    let method = message
-        .subject
-        .get(context.method_offset..)
-        .unwrap_or_default()
-        .to_owned();
+    let method = message.subject.get(context.method_offset..).unwrap_or_default().to_owned();
     let headers = message.headers.clone().unwrap_or_default();
-    let timeout = headers
-        .get(TIMEOUT_HEADER)
-        .and_then(|value| parse_grpc_timeout(value.as_str()));
+    let timeout = headers.get(TIMEOUT_HEADER).and_then(|value| parse_grpc_timeout(value.as_str()));
     let trace = trace::continue_or_start(headers.get(TRACEPARENT).map(|value| value.as_str()));
     let span = tracing::info_span!(
         "rpc",
@@ -184,13 +152,7 @@ where
         request_id = %trace::new_request_id(),
     );
     let outcome = async {
-        let request = match incoming_request(
-            &context.grpc_service,
-            &method,
-            &headers,
-            message.payload,
-            timeout,
-        ) {
+        let request = match incoming_request(&context.grpc_service, &method, &headers, message.payload, timeout) {
             Ok(request) => request,
             Err(status) => return status_headers(&status),
         };
@@ -199,9 +161,7 @@ where
             Some(timeout) => match tokio::time::timeout(timeout, call).await {
                 Ok(result) => result,
                 Err(_) => {
-                    return status_headers(&Status::deadline_exceeded(
-                        "the deadline passed before the reply",
-                    ));
+                    return status_headers(&Status::deadline_exceeded("the deadline passed before the reply"));
                 }
             },
             None => call.await,
@@ -211,27 +171,18 @@ where
             Ok(Err(never)) => match never {},
             Err(_) => {
                 tracing::error!("the handler panicked");
-                status_headers(&Status::internal(
-                    "the service failed while handling the request",
-                ))
+                status_headers(&Status::internal("the service failed while handling the request"))
             }
         }
     }
     .instrument(span.clone())
     .await;
     let (headers, body) = outcome;
-    let code = headers
-        .get(STATUS_HEADER)
-        .map(|value| value.as_str().to_owned())
-        .unwrap_or_default();
+    let code = headers.get(STATUS_HEADER).map(|value| value.as_str().to_owned()).unwrap_or_default();
     metrics::counter!("rpc_server_requests_total", "service" => context.grpc_service.clone(), "method" => method.clone(), "code" => code.clone()).increment(1);
     metrics::histogram!("rpc_server_duration_seconds", "service" => context.grpc_service.clone(), "method" => method)
         .record(started.elapsed().as_secs_f64());
-    if let Err(error) = context
-        .client
-        .publish_with_headers(reply_to, headers, body)
-        .await
-    {
+    if let Err(error) = context.client.publish_with_headers(reply_to, headers, body).await {
         span.in_scope(|| tracing::warn!(%error, "cannot send the RPC reply"));
     }
 }
@@ -301,25 +252,17 @@ async fn reply_from_response(response: http::Response<Body>) -> (NatsHeaders, By
 fn status_headers(status: &Status) -> (NatsHeaders, Bytes) {
     let mut http_headers = http::HeaderMap::new();
     if status.add_header(&mut http_headers).is_err() {
-        http_headers.insert(
-            "grpc-status",
-            http::HeaderValue::from(i32::from(tonic::Code::Internal)),
-        );
+        http_headers.insert("grpc-status", http::HeaderValue::from(i32::from(tonic::Code::Internal)));
     }
     (grpc_headers_to_nats(&http_headers), Bytes::new())
 }
 
 fn grpc_headers_to_nats(http_headers: &http::HeaderMap) -> NatsHeaders {
     let mut headers = NatsHeaders::new();
-    for (http_name, nats_name) in [
-        ("grpc-status", STATUS_HEADER),
-        ("grpc-message", MESSAGE_HEADER),
-        ("grpc-status-details-bin", DETAILS_HEADER),
-    ] {
-        if let Some(value) = http_headers
-            .get(http_name)
-            .and_then(|value| value.to_str().ok())
-        {
+    for (http_name, nats_name) in
+        [("grpc-status", STATUS_HEADER), ("grpc-message", MESSAGE_HEADER), ("grpc-status-details-bin", DETAILS_HEADER)]
+    {
+        if let Some(value) = http_headers.get(http_name).and_then(|value| value.to_str().ok()) {
             headers.insert(nats_name, value);
         }
     }
@@ -339,16 +282,8 @@ pub struct NatsChannel {
 
 impl NatsChannel {
     /// `subject_prefix` names the callee's subject tree; `default_timeout` applies to calls that set no deadline.
-    pub fn new(
-        client: Client,
-        subject_prefix: impl Into<String>,
-        default_timeout: Duration,
-    ) -> Self {
-        Self {
-            client,
-            subject_prefix: subject_prefix.into().into(),
-            default_timeout,
-        }
+    pub fn new(client: Client, subject_prefix: impl Into<String>, default_timeout: Duration) -> Self {
+        Self { client, subject_prefix: subject_prefix.into().into(), default_timeout }
     }
 
     async fn round_trip(self, request: http::Request<Body>) -> http::Response<Body> {
@@ -364,11 +299,7 @@ impl NatsChannel {
         if self.client.connection_state() != async_nats::connection::State::Connected {
             return status_response(&Status::unavailable("nats is unavailable: not connected"));
         }
-        let payload = match body
-            .collect()
-            .await
-            .map(|collected| unframe(collected.to_bytes()))
-        {
+        let payload = match body.collect().await.map(|collected| unframe(collected.to_bytes())) {
             Ok(Ok(payload)) => payload,
             Ok(Err(status)) | Err(status) => return status_response(&status),
         };
@@ -383,34 +314,29 @@ impl NatsChannel {
         }
         headers.insert(TIMEOUT_HEADER, format_grpc_timeout(timeout).as_str());
         if headers.get(TRACEPARENT).is_none() {
-            let context = TraceContext::current()
-                .map(|context| context.child())
-                .unwrap_or_else(TraceContext::new_root);
+            let context = TraceContext::current().map(|context| context.child()).unwrap_or_else(TraceContext::new_root);
             headers.insert(TRACEPARENT, context.to_header().as_str());
         }
-        let request = async_nats::Request::new()
-            .payload(payload)
-            .headers(headers)
-            .timeout(Some(timeout));
+        let request = async_nats::Request::new().payload(payload).headers(headers).timeout(Some(timeout));
         match self.client.send_request(subject.clone(), request).await {
             Ok(reply) => response_from_reply(reply),
             Err(error) => match error.kind() {
-                RequestErrorKind::NoResponders => status_response(&Status::unavailable(format!(
-                    "no instance is answering on {subject}"
-                ))),
+                RequestErrorKind::NoResponders => {
+                    status_response(&Status::unavailable(format!("no instance is answering on {subject}")))
+                }
                 RequestErrorKind::TimedOut => status_response(&Status::deadline_exceeded(format!(
                     "no reply on {subject} within {} ms",
                     timeout.as_millis()
                 ))),
-                RequestErrorKind::MaxPayloadExceeded => status_response(&Status::invalid_argument(
-                    format!("the request is larger than the NATS server accepts: {error}"),
-                )),
-                RequestErrorKind::InvalidSubject => status_response(&Status::invalid_argument(
-                    format!("no valid subject for this method: {subject}"),
-                )),
-                RequestErrorKind::Other => status_response(&Status::unavailable(format!(
-                    "nats is unavailable: {error}"
+                RequestErrorKind::MaxPayloadExceeded => status_response(&Status::invalid_argument(format!(
+                    "the request is larger than the NATS server accepts: {error}"
                 ))),
+                RequestErrorKind::InvalidSubject => {
+                    status_response(&Status::invalid_argument(format!("no valid subject for this method: {subject}")))
+                }
+                RequestErrorKind::Other => {
+                    status_response(&Status::unavailable(format!("nats is unavailable: {error}")))
+                }
             },
         }
     }
@@ -439,43 +365,30 @@ fn response_from_reply(reply: Message) -> http::Response<Body> {
             (MESSAGE_HEADER, "grpc-message"),
             (DETAILS_HEADER, "grpc-status-details-bin"),
         ] {
-            if let Some(value) = headers
-                .get(nats_name)
-                .and_then(|value| http::HeaderValue::try_from(value.as_str()).ok())
+            if let Some(value) =
+                headers.get(nats_name).and_then(|value| http::HeaderValue::try_from(value.as_str()).ok())
             {
                 grpc_headers.insert(http_name, value);
             }
         }
     }
-    let ok = grpc_headers
-        .get("grpc-status")
-        .is_some_and(|value| value == "0");
+    let ok = grpc_headers.get("grpc-status").is_some_and(|value| value == "0");
     if !ok {
         if !grpc_headers.contains_key("grpc-status") {
             return status_response(&Status::internal("the RPC reply carried no status"));
         }
         return trailers_only(grpc_headers);
     }
-    let frames = [
-        Ok::<_, Infallible>(Frame::data(frame(&reply.payload))),
-        Ok(Frame::trailers(grpc_headers)),
-    ];
-    let mut response =
-        http::Response::new(Body::new(StreamBody::new(futures::stream::iter(frames))));
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/grpc"),
-    );
+    let frames = [Ok::<_, Infallible>(Frame::data(frame(&reply.payload))), Ok(Frame::trailers(grpc_headers))];
+    let mut response = http::Response::new(Body::new(StreamBody::new(futures::stream::iter(frames))));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
     response
 }
 
 fn status_response(status: &Status) -> http::Response<Body> {
     let mut headers = http::HeaderMap::new();
     if status.add_header(&mut headers).is_err() {
-        headers.insert(
-            "grpc-status",
-            http::HeaderValue::from(i32::from(tonic::Code::Internal)),
-        );
+        headers.insert("grpc-status", http::HeaderValue::from(i32::from(tonic::Code::Internal)));
     }
     trailers_only(headers)
 }
@@ -483,10 +396,7 @@ fn status_response(status: &Status) -> http::Response<Body> {
 fn trailers_only(grpc_headers: http::HeaderMap) -> http::Response<Body> {
     let mut response = http::Response::new(Body::empty());
     *response.headers_mut() = grpc_headers;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/grpc"),
-    );
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
     response
 }
 
@@ -502,21 +412,15 @@ fn frame(message: &[u8]) -> Bytes {
 /// Takes the one message out of a unary call's framed body.
 fn unframe(mut body: Bytes) -> Result<Bytes, Status> {
     if body.len() < 5 {
-        return Err(Status::internal(
-            "a gRPC body shorter than its frame header",
-        ));
+        return Err(Status::internal("a gRPC body shorter than its frame header"));
     }
     let compressed = body.get_u8();
     let length = body.get_u32() as usize;
     if compressed != 0 {
-        return Err(Status::unimplemented(
-            "compressed messages are not carried over NATS",
-        ));
+        return Err(Status::unimplemented("compressed messages are not carried over NATS"));
     }
     if body.len() != length {
-        return Err(Status::internal(
-            "a unary gRPC body that is not exactly one message",
-        ));
+        return Err(Status::internal("a unary gRPC body that is not exactly one message"));
     }
     Ok(body)
 }
@@ -559,10 +463,7 @@ mod tests {
     #[test]
     fn framing_round_trips_and_rejects_short_bodies() {
         let framed = frame(b"hello");
-        assert_eq!(
-            unframe(framed).expect("one message"),
-            Bytes::from_static(b"hello")
-        );
+        assert_eq!(unframe(framed).expect("one message"), Bytes::from_static(b"hello"));
         assert!(unframe(Bytes::from_static(b"\0\0")).is_err());
         assert!(unframe(Bytes::from_static(b"\0\0\0\0\x09abc")).is_err());
     }

@@ -44,36 +44,20 @@ impl Platform {
         Self::connect_with(&config, client_name, process.readiness.clone()).await
     }
 
-    pub async fn connect_with(
-        config: &NatsConfig,
-        client_name: &str,
-        readiness: Readiness,
-    ) -> anyhow::Result<Self> {
-        let namespace = Namespace::new(config.namespace.clone())
-            .context("configuration key `nats.namespace`")?;
-        let nats = crate::nats::connect(config, client_name)
-            .await
-            .context("failed to connect to NATS")?;
+    pub async fn connect_with(config: &NatsConfig, client_name: &str, readiness: Readiness) -> anyhow::Result<Self> {
+        let namespace = Namespace::new(config.namespace.clone()).context("configuration key `nats.namespace`")?;
+        let nats = crate::nats::connect(config, client_name).await.context("failed to connect to NATS")?;
         let check_nats = nats.clone();
         readiness.add("nats", move || {
             let nats = check_nats.clone();
             async move { crate::nats::check(&nats).await }
         });
-        Ok(Self {
-            nats,
-            namespace,
-            readiness,
-            request_timeout: config.request_timeout,
-        })
+        Ok(Self { nats, namespace, readiness, request_timeout: config.request_timeout })
     }
 
     /// A channel for calling `service` over NATS RPC: `UnitsClient::new(platform.channel(Service::Units))`.
     pub fn channel(&self, service: Service) -> NatsChannel {
-        NatsChannel::new(
-            self.nats.clone(),
-            self.namespace.rpc_prefix(service.as_str()),
-            self.request_timeout,
-        )
+        NatsChannel::new(self.nats.clone(), self.namespace.rpc_prefix(service.as_str()), self.request_timeout)
     }
 }
 
@@ -102,15 +86,11 @@ pub struct ServiceDefaults {
 
 impl ServiceDefaults {
     fn grpc_addr(&self, config: &ServiceConfig) -> SocketAddr {
-        config
-            .grpc_addr
-            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], self.grpc_port)))
+        config.grpc_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], self.grpc_port)))
     }
 
     fn admin_addr(&self, config: &ServiceConfig) -> SocketAddr {
-        config
-            .admin_addr
-            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], self.admin_port)))
+        config.admin_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], self.admin_port)))
     }
 }
 
@@ -149,10 +129,7 @@ impl Runtime {
             .await
             .with_context(|| format!("failed to migrate the {service} database"))?;
         let jetstream = jetstream::new(nats.clone());
-        let (stream, subjects) = (
-            platform.namespace.events_stream(service),
-            platform.namespace.events_filter(service),
-        );
+        let (stream, subjects) = (platform.namespace.events_stream(service), platform.namespace.events_filter(service));
         // Not fatal at start: NATS may be down, and the relay keeps retrying until the stream is there.
         if let Err(error) = crate::nats::ensure_stream(&jetstream, &stream, &subjects).await {
             tracing::warn!(%error, %stream, "cannot ensure the event stream yet");
@@ -164,19 +141,8 @@ impl Runtime {
         });
         let relay = Relay::new(pool.clone(), jetstream.clone(), RelayConfig::default());
         let instance_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let runtime = Self {
-            service,
-            pool,
-            nats,
-            jetstream,
-            relay,
-            instance_id,
-            started: Instant::now(),
-        };
-        runtime
-            .announce_start(&platform.namespace)
-            .await
-            .context("failed to record the start in the outbox")?;
+        let runtime = Self { service, pool, nats, jetstream, relay, instance_id, started: Instant::now() };
+        runtime.announce_start(&platform.namespace).await.context("failed to record the start in the outbox")?;
         Ok(runtime)
     }
 
@@ -196,8 +162,7 @@ impl Runtime {
         };
         let mut transaction = self.pool.begin().await?;
         let subject = namespace.event_subject(self.service, "service_started");
-        crate::outbox::enqueue(&mut transaction, event_id, &subject, &event.encode_to_vec())
-            .await?;
+        crate::outbox::enqueue(&mut transaction, event_id, &subject, &event.encode_to_vec()).await?;
         transaction.commit().await?;
         self.wake_relay();
         Ok(())
@@ -269,31 +234,19 @@ where
         let rpc_prefix = platform.namespace.rpc_prefix(defaults.service.as_str());
         let descriptor_sets = vec![proto::FILE_DESCRIPTOR_SET];
         let grpc_addr = defaults.grpc_addr(config);
-        let grpc_listener = TcpListener::bind(grpc_addr).await.with_context(|| {
-            format!(
-                "failed to bind the {} gRPC port {grpc_addr}",
-                runtime.service
-            )
-        })?;
+        let grpc_listener = TcpListener::bind(grpc_addr)
+            .await
+            .with_context(|| format!("failed to bind the {} gRPC port {grpc_addr}", runtime.service))?;
         let admin = match serve_admin.then_some(&platform.readiness) {
             Some(readiness) => Some((
                 TcpListener::bind(defaults.admin_addr(config))
                     .await
-                    .with_context(|| {
-                        format!("failed to bind the {} admin port", runtime.service)
-                    })?,
+                    .with_context(|| format!("failed to bind the {} admin port", runtime.service))?,
                 readiness.clone(),
             )),
             None => None,
         };
-        Ok(Self {
-            runtime,
-            service,
-            rpc_prefix,
-            grpc_listener,
-            admin,
-            descriptor_sets,
-        })
+        Ok(Self { runtime, service, rpc_prefix, grpc_listener, admin, descriptor_sets })
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -301,17 +254,11 @@ where
     }
 
     pub fn grpc_port(&self) -> u16 {
-        self.grpc_listener
-            .local_addr()
-            .map(|addr| addr.port())
-            .unwrap_or_default()
+        self.grpc_listener.local_addr().map(|addr| addr.port()).unwrap_or_default()
     }
 
     pub fn admin_port(&self) -> Option<u16> {
-        self.admin
-            .as_ref()
-            .and_then(|(listener, _)| listener.local_addr().ok())
-            .map(|addr| addr.port())
+        self.admin.as_ref().and_then(|(listener, _)| listener.local_addr().ok()).map(|addr| addr.port())
     }
 
     /// Runs until `shutdown` is cancelled, then stops taking requests, finishes those in flight and flushes the
@@ -324,9 +271,11 @@ where
             let router = crate::admin::router(readiness);
             tokio::spawn(crate::admin::serve_http(listener, router, shutdown.clone()))
         });
-        let rpc =
-            crate::rpc::RpcServer::new(self.runtime.nats.clone(), self.rpc_prefix, service_name)
-                .serve(S::NAME, self.service.clone(), shutdown.clone());
+        let rpc = crate::rpc::RpcServer::new(self.runtime.nats.clone(), self.rpc_prefix, service_name).serve(
+            S::NAME,
+            self.service.clone(),
+            shutdown.clone(),
+        );
         let grpc = crate::grpc::GrpcServer {
             routes: tonic::service::Routes::new(self.service),
             service_names: vec![S::NAME.to_owned()],
@@ -337,10 +286,7 @@ where
         relay_shutdown.cancel();
         let relay_result = tokio::time::timeout(Duration::from_secs(10), relay).await;
         if let Some(admin) = admin {
-            admin
-                .await
-                .context("admin server task")?
-                .context("admin server")?;
+            admin.await.context("admin server task")?.context("admin server")?;
         }
         rpc.with_context(|| format!("{service_name} NATS RPC server"))?;
         grpc.with_context(|| format!("{service_name} gRPC server"))?;

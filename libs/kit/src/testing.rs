@@ -18,8 +18,7 @@ use crate::redis::RedisConfig;
 
 /// The shared PostgreSQL server's admin URL.
 pub fn shared_database_url() -> String {
-    std::env::var("PENSION_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("PENSION_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// The shared nats-server's URL.
@@ -39,11 +38,7 @@ pub fn unique_suffix() -> String {
 
 /// A NATS namespace no other test uses, on the shared server.
 pub fn isolated_nats() -> NatsConfig {
-    NatsConfig {
-        url: shared_nats_url(),
-        namespace: format!("t_{}", unique_suffix()),
-        ..NatsConfig::default()
-    }
+    NatsConfig { url: shared_nats_url(), namespace: format!("t_{}", unique_suffix()), ..NatsConfig::default() }
 }
 
 /// A Redis key prefix no other test uses, on the shared server.
@@ -72,23 +67,15 @@ impl TestDatabase {
     /// Creates an empty database on the server of `admin_url`.
     pub async fn create_on(admin_url: &str) -> Self {
         let name = format!("t_{}", unique_suffix());
-        let options: sqlx::postgres::PgConnectOptions =
-            admin_url.parse().expect("a valid admin database URL");
-        let mut admin = options
-            .connect()
-            .await
-            .expect("the test PostgreSQL server is reachable");
+        let options: sqlx::postgres::PgConnectOptions = admin_url.parse().expect("a valid admin database URL");
+        let mut admin = options.connect().await.expect("the test PostgreSQL server is reachable");
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}")))
             .execute(&mut admin)
             .await
             .expect("create the test database");
         admin.close().await.ok();
         let url = options.database(&name).to_url_lossy().to_string();
-        Self {
-            name,
-            url,
-            admin_url: admin_url.to_owned(),
-        }
+        Self { name, url, admin_url: admin_url.to_owned() }
     }
 
     /// A configuration pointing at this database.
@@ -107,10 +94,7 @@ impl Drop for TestDatabase {
         let name = self.name.clone();
         // Drop cannot be async, and the test's runtime may be shutting down: use a runtime of our own.
         let dropper = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
             runtime.block_on(async move {
@@ -119,9 +103,7 @@ impl Drop for TestDatabase {
                 };
                 if let Ok(mut admin) = options.connect().await {
                     let statement = format!("drop database if exists {name} with (force)");
-                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
-                        .execute(&mut admin)
-                        .await;
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&mut admin).await;
                 }
             });
         });
@@ -173,16 +155,8 @@ fn wait_for_port_closed(port: u16, limit: Duration) {
 
 /// A program found on PATH or in the usual Debian locations.
 fn program(name: &str) -> PathBuf {
-    let candidates = [
-        format!("/usr/sbin/{name}"),
-        format!("/usr/bin/{name}"),
-        format!("/usr/local/bin/{name}"),
-    ];
-    candidates
-        .iter()
-        .map(PathBuf::from)
-        .find(|path| path.exists())
-        .unwrap_or_else(|| PathBuf::from(name))
+    let candidates = [format!("/usr/sbin/{name}"), format!("/usr/bin/{name}"), format!("/usr/local/bin/{name}")];
+    candidates.iter().map(PathBuf::from).find(|path| path.exists()).unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// A private nats-server with JetStream, on its own port and store, for tests that stop or restart it.
@@ -196,11 +170,7 @@ pub struct PrivateNats {
 impl PrivateNats {
     pub fn start() -> Self {
         let store = tempfile::tempdir().expect("a temporary directory");
-        let mut server = Self {
-            port: free_port(),
-            store,
-            child: None,
-        };
+        let mut server = Self { port: free_port(), store, child: None };
         server.resume();
         server
     }
@@ -221,24 +191,14 @@ impl PrivateNats {
     /// Starts it again on the same port with the same store.
     pub fn resume(&mut self) {
         let child = Command::new(program("nats-server"))
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
             .arg(self.store.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server runs (install Debian's nats-server)");
         self.child = Some(child);
-        assert!(
-            wait_for_port(self.port, Duration::from_secs(10)),
-            "private nats-server did not start"
-        );
+        assert!(wait_for_port(self.port, Duration::from_secs(10)), "private nats-server did not start");
     }
 }
 
@@ -257,10 +217,7 @@ pub struct PrivateRedis {
 
 impl PrivateRedis {
     pub fn start() -> Self {
-        let mut server = Self {
-            port: free_port(),
-            child: None,
-        };
+        let mut server = Self { port: free_port(), child: None };
         server.resume();
         server
     }
@@ -279,25 +236,13 @@ impl PrivateRedis {
 
     pub fn resume(&mut self) {
         let child = Command::new(program("redis-server"))
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server runs (install Debian's redis-server)");
         self.child = Some(child);
-        assert!(
-            wait_for_port(self.port, Duration::from_secs(10)),
-            "private redis-server did not start"
-        );
+        assert!(wait_for_port(self.port, Duration::from_secs(10)), "private redis-server did not start");
     }
 }
 
@@ -323,33 +268,13 @@ impl PrivatePostgres {
         let data = tempfile::tempdir().expect("a temporary directory");
         let as_root = is_root();
         if as_root {
-            run_checked(
-                Command::new("chown")
-                    .args(["-R", "postgres:postgres"])
-                    .arg(data.path()),
-            );
+            run_checked(Command::new("chown").args(["-R", "postgres:postgres"]).arg(data.path()));
         }
         let initdb = bin.join("initdb");
         let mut command = postgres_command(as_root, &initdb);
-        command
-            .args([
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--no-sync",
-                "-D",
-            ])
-            .arg(data.path().join("pg"));
+        command.args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "-D"]).arg(data.path().join("pg"));
         run_checked(&mut command);
-        let mut server = Self {
-            port: free_port(),
-            data,
-            bin,
-            running: false,
-        };
+        let mut server = Self { port: free_port(), data, bin, running: false };
         server.resume();
         server
     }
@@ -362,9 +287,7 @@ impl PrivatePostgres {
     pub fn stop(&mut self) {
         if self.running {
             let mut command = postgres_command(is_root(), &self.bin.join("pg_ctl"));
-            command
-                .args(["stop", "-m", "immediate", "-w", "-D"])
-                .arg(self.data.path().join("pg"));
+            command.args(["stop", "-m", "immediate", "-w", "-D"]).arg(self.data.path().join("pg"));
             run_checked(&mut command);
             self.running = false;
             wait_for_port_closed(self.port, Duration::from_secs(10));
@@ -385,10 +308,7 @@ impl PrivatePostgres {
             .arg(self.data.path().join("pg"));
         run_checked(&mut command);
         self.running = true;
-        assert!(
-            wait_for_port(self.port, Duration::from_secs(20)),
-            "private PostgreSQL did not start"
-        );
+        assert!(wait_for_port(self.port, Duration::from_secs(20)), "private PostgreSQL did not start");
     }
 }
 
@@ -399,11 +319,7 @@ impl Drop for PrivatePostgres {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|out| out.stdout.starts_with(b"0\n"))
-        .unwrap_or(false)
+    Command::new("id").arg("-u").output().map(|out| out.stdout.starts_with(b"0\n")).unwrap_or(false)
 }
 
 fn postgres_command(as_root: bool, program: &Path) -> Command {
@@ -418,17 +334,10 @@ fn postgres_command(as_root: bool, program: &Path) -> Command {
 
 fn postgres_bin_dir() -> PathBuf {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|entry| entry.path().join("bin"))
-                .collect()
-        })
+        .map(|entries| entries.filter_map(Result::ok).map(|entry| entry.path().join("bin")).collect())
         .unwrap_or_default();
     versions.sort();
-    versions.pop().expect(
-        "PostgreSQL server binaries under /usr/lib/postgresql (install Debian's postgresql)",
-    )
+    versions.pop().expect("PostgreSQL server binaries under /usr/lib/postgresql (install Debian's postgresql)")
 }
 
 fn run_checked(command: &mut Command) {

@@ -23,18 +23,12 @@ tokio::task_local! {
 impl TraceContext {
     /// A new trace with random ids.
     pub fn new_root() -> Self {
-        Self {
-            trace_id: rand::random(),
-            parent_id: rand::random(),
-        }
+        Self { trace_id: rand::random(), parent_id: rand::random() }
     }
 
     /// The same trace, as seen by a new span of it.
     pub fn child(&self) -> Self {
-        Self {
-            trace_id: self.trace_id,
-            parent_id: rand::random(),
-        }
+        Self { trace_id: self.trace_id, parent_id: rand::random() }
     }
 
     /// Parses `00-<32 hex>-<16 hex>-<2 hex>`; anything else (or all-zero ids, which the spec forbids) is `None`.
@@ -47,10 +41,7 @@ impl TraceContext {
         if version.len() != 2 || version == "ff" || trace_id.len() != 32 || parent_id.len() != 16 {
             return None;
         }
-        let context = Self {
-            trace_id: decode_hex(trace_id)?,
-            parent_id: decode_hex(parent_id)?,
-        };
+        let context = Self { trace_id: decode_hex(trace_id)?, parent_id: decode_hex(parent_id)? };
         if context.trace_id == [0; 16] || context.parent_id == [0; 8] {
             return None;
         }
@@ -80,10 +71,7 @@ impl TraceContext {
 
 /// The context from an incoming header, or a new trace when the header is missing or malformed.
 pub fn continue_or_start(header: Option<&str>) -> TraceContext {
-    header
-        .and_then(TraceContext::parse)
-        .map(|parent| parent.child())
-        .unwrap_or_else(TraceContext::new_root)
+    header.and_then(TraceContext::parse).map(|parent| parent.child()).unwrap_or_else(TraceContext::new_root)
 }
 
 /// A short random id for one request, logged on every line written while handling it.
@@ -119,18 +107,12 @@ where
     type Error = S::Error;
     type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
 
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), S::Error>> {
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let header = request
-            .headers()
-            .get(TRACEPARENT)
-            .and_then(|value| value.to_str().ok());
+        let header = request.headers().get(TRACEPARENT).and_then(|value| value.to_str().ok());
         let context = continue_or_start(header);
         let span = tracing::info_span!(
             "request",
@@ -145,12 +127,10 @@ where
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
-            let _ = write!(out, "{byte:02x}");
-            out
-        })
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
+        let _ = write!(out, "{byte:02x}");
+        out
+    })
 }
 
 fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
@@ -173,12 +153,7 @@ mod tests {
 
     #[test]
     fn malformed_traceparents_start_a_new_trace() {
-        for bad in [
-            "",
-            "00-abc-def-01",
-            "00-00000000000000000000000000000000-0000000000000001-01",
-            "zz",
-        ] {
+        for bad in ["", "00-abc-def-01", "00-00000000000000000000000000000000-0000000000000001-01", "zz"] {
             assert_eq!(TraceContext::parse(bad), None, "{bad:?}");
         }
     }

@@ -23,36 +23,17 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Calls one service's `GetStatus` over NATS RPC.
-pub async fn service_status(
-    platform: &Platform,
-    service: Service,
-) -> Result<ServiceStatus, Status> {
+pub async fn service_status(platform: &Platform, service: Service) -> Result<ServiceStatus, Status> {
     use proto::identity::identity_client::IdentityClient;
     use proto::personnel::personnel_client::PersonnelClient;
     use proto::printing::printing_client::PrintingClient;
     use proto::units::units_client::UnitsClient;
     let channel = platform.channel(service);
     let reply = match service {
-        Service::Identity => {
-            IdentityClient::new(channel)
-                .get_status(GetStatusRequest {})
-                .await
-        }
-        Service::Units => {
-            UnitsClient::new(channel)
-                .get_status(GetStatusRequest {})
-                .await
-        }
-        Service::Personnel => {
-            PersonnelClient::new(channel)
-                .get_status(GetStatusRequest {})
-                .await
-        }
-        Service::Printing => {
-            PrintingClient::new(channel)
-                .get_status(GetStatusRequest {})
-                .await
-        }
+        Service::Identity => IdentityClient::new(channel).get_status(GetStatusRequest {}).await,
+        Service::Units => UnitsClient::new(channel).get_status(GetStatusRequest {}).await,
+        Service::Personnel => PersonnelClient::new(channel).get_status(GetStatusRequest {}).await,
+        Service::Printing => PrintingClient::new(channel).get_status(GetStatusRequest {}).await,
     };
     reply.map(tonic::Response::into_inner)
 }
@@ -77,8 +58,7 @@ struct ServiceReport {
 }
 
 async fn service_reports(platform: &Platform) -> Vec<ServiceReport> {
-    let calls = Service::ALL
-        .map(|service| async move { (service, service_status(platform, service).await) });
+    let calls = Service::ALL.map(|service| async move { (service, service_status(platform, service).await) });
     futures::future::join_all(calls)
         .await
         .into_iter()
@@ -117,9 +97,7 @@ async fn platform_status(State(state): State<AppState>) -> Response {
             Json(serde_json::json!({ "code": "service_unavailable", "message": message, "services": services })),
         )
             .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         return response;
     }
     Json(serde_json::json!({ "services": services })).into_response()
@@ -166,10 +144,7 @@ fn service_label(service: &str) -> &'static str {
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// The OpenAPI document of the JSON API.

@@ -11,20 +11,14 @@ use tower::ServiceExt;
 pub fn server(platform: &Platform) -> GrpcServer {
     let mut router = axum::Router::new();
     for service in Service::ALL {
-        let channel =
-            platform
-                .channel(service)
-                .map_request(|request: http::Request<axum::body::Body>| {
-                    request.map(tonic::body::Body::new)
-                });
+        let channel = platform
+            .channel(service)
+            .map_request(|request: http::Request<axum::body::Body>| request.map(tonic::body::Body::new));
         router = router.route_service(&format!("/{}/{{*method}}", service.grpc_name()), channel);
     }
     GrpcServer {
         routes: tonic::service::Routes::from(router),
-        service_names: Service::ALL
-            .iter()
-            .map(|service| service.grpc_name().to_owned())
-            .collect(),
+        service_names: Service::ALL.iter().map(|service| service.grpc_name().to_owned()).collect(),
         descriptor_sets: vec![proto::FILE_DESCRIPTOR_SET],
     }
 }

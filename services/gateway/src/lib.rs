@@ -31,10 +31,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self {
-            http_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
-        }
+        Self { http_addr: SocketAddr::from(([0, 0, 0, 0], 8080)), grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)) }
     }
 }
 
@@ -72,42 +69,25 @@ pub async fn build(config: &Config, platform: &Platform, redis: Redis) -> anyhow
         platform.readiness.add(service.as_str(), move || {
             let platform = check_platform.clone();
             async move {
-                api::service_status(&platform, service)
-                    .await
-                    .map(|_| ())
-                    .map_err(|status| status.message().to_owned())
+                api::service_status(&platform, service).await.map(|_| ()).map_err(|status| status.message().to_owned())
             }
         });
     }
-    Ok(App {
-        state: AppState {
-            platform: platform.clone(),
-            redis,
-        },
-        http_listener,
-        grpc_listener,
-    })
+    Ok(App { state: AppState { platform: platform.clone(), redis }, http_listener, grpc_listener })
 }
 
 impl App {
     pub fn http_port(&self) -> u16 {
-        self.http_listener
-            .local_addr()
-            .map(|addr| addr.port())
-            .unwrap_or_default()
+        self.http_listener.local_addr().map(|addr| addr.port()).unwrap_or_default()
     }
 
     pub fn grpc_port(&self) -> u16 {
-        self.grpc_listener
-            .local_addr()
-            .map(|addr| addr.port())
-            .unwrap_or_default()
+        self.grpc_listener.local_addr().map(|addr| addr.port()).unwrap_or_default()
     }
 
     /// Serves until `shutdown` is cancelled, then finishes the requests in flight.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let router = api::router(self.state.clone())
-            .merge(kit::admin::router(self.state.platform.readiness.clone()));
+        let router = api::router(self.state.clone()).merge(kit::admin::router(self.state.platform.readiness.clone()));
         let http = kit::admin::serve_http(self.http_listener, router, shutdown.clone());
         let grpc = bridge::server(&self.state.platform).serve(self.grpc_listener, shutdown);
         let (http, grpc) = tokio::join!(http, grpc);
@@ -123,8 +103,5 @@ pub async fn run(process: Process) -> anyhow::Result<()> {
     let redis_config: RedisConfig = process.settings.section("redis")?;
     let redis = Redis::connect(&redis_config).context("redis configuration")?;
     let platform = Platform::connect(&process, "gateway").await?;
-    build(&config, &platform, redis)
-        .await?
-        .run(process.shutdown.clone())
-        .await
+    build(&config, &platform, redis).await?.run(process.shutdown.clone()).await
 }

@@ -15,45 +15,25 @@ use tonic::{Request, Response, Status};
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/printing");
 
 /// The name, database and ports used unless configured otherwise (section `printing`).
-pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
-    service: Service::Printing,
-    database: "pension_printing",
-    grpc_port: 50063,
-    admin_port: 8094,
-};
+pub const DEFAULTS: ServiceDefaults =
+    ServiceDefaults { service: Service::Printing, database: "pension_printing", grpc_port: 50063, admin_port: 8094 };
 
 /// The service, bound and ready to run.
 pub type App = ServiceApp<PrintingServer<PrintingApi>>;
 
 /// Connects, migrates and binds the service. `serve_admin` is false when the process serves the admin endpoints
 /// itself (`pension all`).
-pub async fn build(
-    config: &ServiceConfig,
-    platform: &Platform,
-    serve_admin: bool,
-) -> anyhow::Result<App> {
+pub async fn build(config: &ServiceConfig, platform: &Platform, serve_admin: bool) -> anyhow::Result<App> {
     let runtime = Runtime::start(&DEFAULTS, &config.database, &MIGRATOR, platform).await?;
-    let api = PrintingApi {
-        runtime: runtime.clone(),
-    };
-    ServiceApp::bind(
-        runtime,
-        PrintingServer::new(api),
-        (config, &DEFAULTS),
-        platform,
-        serve_admin,
-    )
-    .await
+    let api = PrintingApi { runtime: runtime.clone() };
+    ServiceApp::bind(runtime, PrintingServer::new(api), (config, &DEFAULTS), platform, serve_admin).await
 }
 
 /// Runs the service as its own process until shutdown.
 pub async fn run(process: Process) -> anyhow::Result<()> {
     let config: ServiceConfig = process.settings.section("printing")?;
     let platform = Platform::connect(&process, "printing").await?;
-    build(&config, &platform, true)
-        .await?
-        .run(process.shutdown.clone())
-        .await
+    build(&config, &platform, true).await?.run(process.shutdown.clone()).await
 }
 
 /// The gRPC face of the service: parses requests, calls the domain, maps errors.

@@ -15,45 +15,25 @@ use tonic::{Request, Response, Status};
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/units");
 
 /// The name, database and ports used unless configured otherwise (section `units`).
-pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
-    service: Service::Units,
-    database: "pension_units",
-    grpc_port: 50061,
-    admin_port: 8092,
-};
+pub const DEFAULTS: ServiceDefaults =
+    ServiceDefaults { service: Service::Units, database: "pension_units", grpc_port: 50061, admin_port: 8092 };
 
 /// The service, bound and ready to run.
 pub type App = ServiceApp<UnitsServer<UnitsApi>>;
 
 /// Connects, migrates and binds the service. `serve_admin` is false when the process serves the admin endpoints
 /// itself (`pension all`).
-pub async fn build(
-    config: &ServiceConfig,
-    platform: &Platform,
-    serve_admin: bool,
-) -> anyhow::Result<App> {
+pub async fn build(config: &ServiceConfig, platform: &Platform, serve_admin: bool) -> anyhow::Result<App> {
     let runtime = Runtime::start(&DEFAULTS, &config.database, &MIGRATOR, platform).await?;
-    let api = UnitsApi {
-        runtime: runtime.clone(),
-    };
-    ServiceApp::bind(
-        runtime,
-        UnitsServer::new(api),
-        (config, &DEFAULTS),
-        platform,
-        serve_admin,
-    )
-    .await
+    let api = UnitsApi { runtime: runtime.clone() };
+    ServiceApp::bind(runtime, UnitsServer::new(api), (config, &DEFAULTS), platform, serve_admin).await
 }
 
 /// Runs the service as its own process until shutdown.
 pub async fn run(process: Process) -> anyhow::Result<()> {
     let config: ServiceConfig = process.settings.section("units")?;
     let platform = Platform::connect(&process, "units").await?;
-    build(&config, &platform, true)
-        .await?
-        .run(process.shutdown.clone())
-        .await
+    build(&config, &platform, true).await?.run(process.shutdown.clone()).await
 }
 
 /// The gRPC face of the service: parses requests, calls the domain, maps errors.

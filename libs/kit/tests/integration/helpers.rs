@@ -26,17 +26,12 @@ impl Echo for EchoReplica {
             panic!("the test asked this handler to panic");
         }
         if request.fail_code != 0 {
-            return Err(Status::new(
-                tonic::Code::from_i32(request.fail_code),
-                request.fail_message,
-            ));
+            return Err(Status::new(tonic::Code::from_i32(request.fail_code), request.fail_message));
         }
         Ok(Response::new(SayReply {
             message: request.message,
             replica: self.name.clone(),
-            trace_id: kit::trace::TraceContext::current()
-                .map(|context| context.trace_id_hex())
-                .unwrap_or_default(),
+            trace_id: kit::trace::TraceContext::current().map(|context| context.trace_id_hex()).unwrap_or_default(),
         }))
     }
 }
@@ -44,19 +39,9 @@ impl Echo for EchoReplica {
 /// A test database with kit's tables and a `changes` table standing in for a service's own data.
 pub async fn database_with_kit_tables() -> (TestDatabase, PgPool) {
     let database = TestDatabase::create().await;
-    let pool = kit::db::connect(&database.config(), "unused")
-        .await
-        .expect("connect the test database");
-    kit::db::migrate(&pool, &Migrator::with_migrations(Vec::new()))
-        .await
-        .expect("kit migrations");
-    sqlx::query("create table changes (id bigint primary key)")
-        .execute(&pool)
-        .await
-        .expect("changes table");
-    sqlx::query("create table effects (event_id text not null)")
-        .execute(&pool)
-        .await
-        .expect("effects table");
+    let pool = kit::db::connect(&database.config(), "unused").await.expect("connect the test database");
+    kit::db::migrate(&pool, &Migrator::with_migrations(Vec::new())).await.expect("kit migrations");
+    sqlx::query("create table changes (id bigint primary key)").execute(&pool).await.expect("changes table");
+    sqlx::query("create table effects (event_id text not null)").execute(&pool).await.expect("effects table");
     (database, pool)
 }

@@ -21,20 +21,11 @@ const CHANGES: i64 = 1_000;
 async fn commit_changes(pool: PgPool, subject: String, count: i64) {
     for id in 0..count {
         let mut transaction = pool.begin().await.expect("begin");
-        sqlx::query("insert into changes (id) values ($1)")
-            .bind(id)
-            .execute(&mut *transaction)
-            .await
-            .expect("change");
+        sqlx::query("insert into changes (id) values ($1)").bind(id).execute(&mut *transaction).await.expect("change");
         let payload = id.to_string();
-        kit::outbox::enqueue(
-            &mut transaction,
-            kit::outbox::new_event_id(),
-            &subject,
-            payload.as_bytes(),
-        )
-        .await
-        .expect("event");
+        kit::outbox::enqueue(&mut transaction, kit::outbox::new_event_id(), &subject, payload.as_bytes())
+            .await
+            .expect("event");
         transaction.commit().await.expect("commit");
     }
 }
@@ -43,10 +34,8 @@ async fn commit_changes(pool: PgPool, subject: String, count: i64) {
 async fn stream_contents(jetstream: &jetstream::Context, stream: &str) -> (u64, HashSet<String>) {
     let mut stream = jetstream.get_stream(stream).await.expect("stream exists");
     let count = stream.info().await.expect("stream info").state.messages;
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
-        .await
-        .expect("ordered consumer");
+    let consumer =
+        stream.create_consumer(jetstream::consumer::pull::OrderedConfig::default()).await.expect("ordered consumer");
     let mut messages = consumer.messages().await.expect("messages");
     let mut payloads = HashSet::new();
     for _ in 0..count {
@@ -62,27 +51,15 @@ async fn stream_contents(jetstream: &jetstream::Context, stream: &str) -> (u64, 
 
 async fn setup(config: &NatsConfig) -> (jetstream::Context, String, String) {
     let namespace = Namespace::new(config.namespace.clone()).expect("namespace");
-    let nats = kit::nats::connect(config, "outbox-test")
-        .await
-        .expect("nats");
+    let nats = kit::nats::connect(config, "outbox-test").await.expect("nats");
     let jetstream = jetstream::new(nats);
     let stream = namespace.events_stream("test");
-    kit::nats::ensure_stream(&jetstream, &stream, &namespace.events_filter("test"))
-        .await
-        .expect("stream");
-    (
-        jetstream,
-        stream,
-        namespace.event_subject("test", "changed"),
-    )
+    kit::nats::ensure_stream(&jetstream, &stream, &namespace.events_filter("test")).await.expect("stream");
+    (jetstream, stream, namespace.event_subject("test", "changed"))
 }
 
 fn quick_relay(pool: &PgPool, jetstream: &jetstream::Context) -> Relay {
-    let config = RelayConfig {
-        batch_size: 50,
-        idle_poll: Duration::from_millis(5),
-        ..RelayConfig::default()
-    };
+    let config = RelayConfig { batch_size: 50, idle_poll: Duration::from_millis(5), ..RelayConfig::default() };
     Relay::new(pool.clone(), jetstream.clone(), config)
 }
 
@@ -94,9 +71,7 @@ async fn a_relay_aborted_at_random_points_publishes_every_event_exactly_once() {
 
     let mut aborts = 0;
     while !writer.is_finished() || kit::outbox::backlog(&pool).await.expect("backlog") > 0 {
-        let relay = tokio::spawn(
-            quick_relay(&pool, &jetstream).run(tokio_util::sync::CancellationToken::new()),
-        );
+        let relay = tokio::spawn(quick_relay(&pool, &jetstream).run(tokio_util::sync::CancellationToken::new()));
         let lifetime = rand::rng().random_range(2..40);
         tokio::time::sleep(Duration::from_millis(lifetime)).await;
         // Abort is a crash: the relay's transaction is dropped mid-way, whatever it had published.
@@ -109,22 +84,14 @@ async fn a_relay_aborted_at_random_points_publishes_every_event_exactly_once() {
     let (count, payloads) = stream_contents(&jetstream, &stream).await;
     assert!(aborts > 5, "the relay was aborted {aborts} times");
     assert_eq!(count, CHANGES as u64, "exactly one message per change");
-    assert_eq!(
-        payloads.len(),
-        CHANGES as usize,
-        "no change missing, none doubled"
-    );
+    assert_eq!(payloads.len(), CHANGES as usize, "no change missing, none doubled");
 }
 
 #[tokio::test]
 async fn a_nats_server_restart_mid_run_loses_and_doubles_nothing() {
     let (_database, pool) = database_with_kit_tables().await;
     let mut server = PrivateNats::start();
-    let config = NatsConfig {
-        url: server.url(),
-        namespace: "outbox".into(),
-        ..NatsConfig::default()
-    };
+    let config = NatsConfig { url: server.url(), namespace: "outbox".into(), ..NatsConfig::default() };
     let (jetstream, stream, subject) = setup(&config).await;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let relay = tokio::spawn(quick_relay(&pool, &jetstream).run(shutdown.clone()));
@@ -134,12 +101,10 @@ async fn a_nats_server_restart_mid_run_loses_and_doubles_nothing() {
     eventually(Duration::from_secs(30), "some events published", || {
         let pool = backlog_pool.clone();
         async move {
-            let published: i64 = sqlx::query_scalar(
-                "select count(*) from kit_outbox where published_at is not null",
-            )
-            .fetch_one(&pool)
-            .await
-            .expect("count");
+            let published: i64 = sqlx::query_scalar("select count(*) from kit_outbox where published_at is not null")
+                .fetch_one(&pool)
+                .await
+                .expect("count");
             published >= 100
         }
     })
@@ -148,23 +113,15 @@ async fn a_nats_server_restart_mid_run_loses_and_doubles_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     server.resume();
     writer.await.expect("writer");
-    eventually(
-        Duration::from_secs(60),
-        "the outbox drained after the restart",
-        || {
-            let pool = pool.clone();
-            async move { kit::outbox::backlog(&pool).await.expect("backlog") == 0 }
-        },
-    )
+    eventually(Duration::from_secs(60), "the outbox drained after the restart", || {
+        let pool = pool.clone();
+        async move { kit::outbox::backlog(&pool).await.expect("backlog") == 0 }
+    })
     .await;
     shutdown.cancel();
     relay.await.expect("relay stops");
 
     let (count, payloads) = stream_contents(&jetstream, &stream).await;
     assert_eq!(count, CHANGES as u64, "exactly one message per change");
-    assert_eq!(
-        payloads.len(),
-        CHANGES as usize,
-        "no change missing, none doubled"
-    );
+    assert_eq!(payloads.len(), CHANGES as usize, "no change missing, none doubled");
 }
