@@ -145,7 +145,9 @@ async fn pension_all_starts_reports_ready_lists_its_services_and_stops_on_sigter
 
     let pid = binary.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let namespace = binary.namespace.clone();
     let exit = tokio::task::spawn_blocking(move || binary.child.wait()).await.expect("join").expect("wait");
+    kit::testing::remove_streams(&jetstream, &namespace).await;
     assert!(exit.success(), "a clean exit on SIGTERM: {exit:?}");
 }
 

@@ -10,7 +10,6 @@ pub mod admin;
 pub mod config;
 pub mod consumer;
 pub mod db;
-pub mod error;
 pub mod grpc;
 pub mod nats;
 pub mod outbox;
@@ -24,5 +23,3 @@ pub mod trace;
 
 #[cfg(feature = "testing")]
 pub mod testing;
-
-pub use error::Unavailable;

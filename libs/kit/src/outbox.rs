@@ -62,6 +62,18 @@ pub struct Relay {
     jetstream: jetstream::Context,
     config: RelayConfig,
     wake: Arc<Notify>,
+    /// The stream the events go to (name, subject filter), ensured before publishing: when NATS was down at
+    /// start-up nobody else created it, and JetStream refuses publishes to a subject without a stream.
+    stream: Option<(String, String)>,
+}
+
+/// What one relay round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayRound {
+    /// Events JetStream acknowledged, now marked published.
+    pub published: usize,
+    /// Events claimed but not acknowledged (NATS down, no stream, a timeout); they stay queued.
+    pub unpublished: usize,
 }
 
 /// Why one relay round failed; the rows it claimed stay unpublished for the next round.
@@ -73,7 +85,24 @@ pub enum RelayError {
 
 impl Relay {
     pub fn new(pool: PgPool, jetstream: jetstream::Context, config: RelayConfig) -> Self {
-        Self { pool, jetstream, config, wake: Arc::new(Notify::new()) }
+        Self { pool, jetstream, config, wake: Arc::new(Notify::new()), stream: None }
+    }
+
+    /// Makes the relay create the stream `name` over `subjects` whenever it is not known to exist.
+    pub fn with_stream(mut self, name: String, subjects: String) -> Self {
+        self.stream = Some((name, subjects));
+        self
+    }
+
+    async fn ensure_stream(&self) -> bool {
+        let Some((name, subjects)) = &self.stream else { return true };
+        match crate::nats::ensure_stream(&self.jetstream, name, subjects).await {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::warn!(%error, stream = %name, "cannot ensure the event stream");
+                false
+            }
+        }
     }
 
     /// A handle writers notify after committing an event, so the relay publishes at once instead of at its next poll.
@@ -84,16 +113,30 @@ impl Relay {
     /// Publishes until `shutdown` is cancelled, then flushes what is left (within a few seconds) and returns.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut failures: u32 = 0;
+        let mut stream_known = false;
         let mut last_prune = tokio::time::Instant::now();
         loop {
+            if !stream_known {
+                stream_known = self.ensure_stream().await;
+            }
             match self.publish_batch().await {
-                Ok(published) if published as i64 >= self.config.batch_size => {
+                Ok(round) if round.unpublished > 0 => {
+                    failures = failures.saturating_add(1);
+                    stream_known = false;
+                    tracing::warn!(
+                        unpublished = round.unpublished,
+                        failures,
+                        "outbox events not acknowledged; retrying"
+                    );
+                }
+                Ok(round) if round.published as i64 >= self.config.batch_size => {
                     failures = 0;
                     continue;
                 }
                 Ok(_) => failures = 0,
                 Err(error) => {
                     failures = failures.saturating_add(1);
+                    stream_known = false;
                     tracing::warn!(%error, failures, "outbox relay round failed; retrying");
                 }
             }
@@ -122,7 +165,11 @@ impl Relay {
         let deadline = tokio::time::Instant::now() + limit;
         while tokio::time::Instant::now() < deadline {
             match tokio::time::timeout_at(deadline, self.publish_batch()).await {
-                Ok(Ok(0)) => return,
+                Ok(Ok(round)) if round.published == 0 && round.unpublished == 0 => return,
+                Ok(Ok(round)) if round.published == 0 => {
+                    tracing::warn!("outbox flush gets no acknowledgements; the rest is published after restart");
+                    return;
+                }
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => {
                     tracing::warn!(%error, "outbox flush stopped; the rest is published after restart");
@@ -134,9 +181,8 @@ impl Relay {
         tracing::warn!("outbox flush ran out of time; the rest is published after restart");
     }
 
-    /// One round: claim a batch, publish it pipelined, mark what JetStream acknowledged. Returns how many rows
-    /// were published.
-    pub async fn publish_batch(&self) -> Result<usize, RelayError> {
+    /// One round: claim a batch, publish it pipelined, mark what JetStream acknowledged.
+    pub async fn publish_batch(&self) -> Result<RelayRound, RelayError> {
         let mut transaction = self.pool.begin().await?;
         let rows: Vec<(Uuid, String, Vec<u8>)> = sqlx::query_as(
             "select id, subject, payload from kit_outbox where published_at is null \
@@ -147,8 +193,9 @@ impl Relay {
         .await?;
         if rows.is_empty() {
             transaction.commit().await?;
-            return Ok(0);
+            return Ok(RelayRound::default());
         }
+        let claimed = rows.len();
         let mut pending = Vec::with_capacity(rows.len());
         for (id, subject, payload) in rows {
             let publish =
@@ -178,7 +225,7 @@ impl Relay {
             .await?;
         transaction.commit().await?;
         metrics::counter!("outbox_published_total").increment(published.len() as u64);
-        Ok(published.len())
+        Ok(RelayRound { published: published.len(), unpublished: claimed - published.len() })
     }
 
     async fn prune(&self) -> Result<(), sqlx::Error> {

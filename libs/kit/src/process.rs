@@ -45,13 +45,11 @@ impl Process {
         crate::telemetry::init(&telemetry);
         let process_config: ProcessConfig = settings.section("process")?;
         let readiness = Readiness::default();
-        let shutdown = CancellationToken::new();
-        let (signal_readiness, signal_shutdown) = (readiness.clone(), shutdown.clone());
-        tokio::spawn(async move {
+        let signal_readiness = readiness.clone();
+        let shutdown = crate::shutdown::token_from(async move {
             crate::shutdown::signal().await;
             signal_readiness.set_draining();
             tokio::time::sleep(process_config.drain_delay).await;
-            signal_shutdown.cancel();
         });
         Ok(Self { settings, readiness, shutdown })
     }

@@ -129,17 +129,15 @@ impl Runtime {
             .await
             .with_context(|| format!("failed to migrate the {service} database"))?;
         let jetstream = jetstream::new(nats.clone());
+        // The relay creates the stream on its first round (and again after failures), so a NATS outage at
+        // start-up delays events instead of stopping the service.
         let (stream, subjects) = (platform.namespace.events_stream(service), platform.namespace.events_filter(service));
-        // Not fatal at start: NATS may be down, and the relay keeps retrying until the stream is there.
-        if let Err(error) = crate::nats::ensure_stream(&jetstream, &stream, &subjects).await {
-            tracing::warn!(%error, %stream, "cannot ensure the event stream yet");
-        }
         let check_pool = pool.clone();
         readiness.add("postgres", move || {
             let pool = check_pool.clone();
             async move { crate::db::check(&pool).await }
         });
-        let relay = Relay::new(pool.clone(), jetstream.clone(), RelayConfig::default());
+        let relay = Relay::new(pool.clone(), jetstream.clone(), RelayConfig::default()).with_stream(stream, subjects);
         let instance_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let runtime = Self { service, pool, nats, jetstream, relay, instance_id, started: Instant::now() };
         runtime.announce_start(&platform.namespace).await.context("failed to record the start in the outbox")?;

@@ -14,7 +14,6 @@ use sqlx::{ConnectOptions, Connection};
 
 use crate::db::DatabaseConfig;
 use crate::nats::NatsConfig;
-use crate::redis::RedisConfig;
 
 /// The shared PostgreSQL server's admin URL.
 pub fn shared_database_url() -> String {
@@ -41,12 +40,13 @@ pub fn isolated_nats() -> NatsConfig {
     NatsConfig { url: shared_nats_url(), namespace: format!("t_{}", unique_suffix()), ..NatsConfig::default() }
 }
 
-/// A Redis key prefix no other test uses, on the shared server.
-pub fn isolated_redis() -> RedisConfig {
-    RedisConfig {
-        url: SecretString::from(shared_redis_url()),
-        key_prefix: format!("t:{}:", unique_suffix()),
-        ..RedisConfig::default()
+/// Deletes the JetStream streams of a test's namespace, so the shared server does not collect them run after run.
+pub async fn remove_streams(jetstream: &async_nats::jetstream::Context, namespace: &str) {
+    use futures::TryStreamExt;
+    let prefix = format!("{}_", namespace.to_ascii_uppercase());
+    let names: Vec<String> = jetstream.stream_names().try_collect().await.unwrap_or_default();
+    for name in names.into_iter().filter(|name| name.starts_with(&prefix)) {
+        let _ = jetstream.delete_stream(&name).await;
     }
 }
 

@@ -124,6 +124,7 @@ async fn a_consumer_restarted_mid_stream_with_redeliveries_applies_each_event_on
     shutdown.cancel();
     task.await.expect("consumer stops");
 
+    kit::testing::remove_streams(&jetstream, namespace.as_str()).await;
     let rows: i64 = sqlx::query_scalar("select count(*) from effects").fetch_one(&pool).await.expect("rows");
     assert_eq!(rows, EVENTS as i64, "each event applied exactly once");
     assert!(restarts > 1, "the consumer was restarted mid-stream ({restarts} runs)");

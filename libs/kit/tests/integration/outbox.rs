@@ -49,13 +49,13 @@ async fn stream_contents(jetstream: &jetstream::Context, stream: &str) -> (u64, 
     (count, payloads)
 }
 
-async fn setup(config: &NatsConfig) -> (jetstream::Context, String, String) {
+async fn setup(config: &NatsConfig) -> (jetstream::Context, String, String, String) {
     let namespace = Namespace::new(config.namespace.clone()).expect("namespace");
     let nats = kit::nats::connect(config, "outbox-test").await.expect("nats");
     let jetstream = jetstream::new(nats);
     let stream = namespace.events_stream("test");
     kit::nats::ensure_stream(&jetstream, &stream, &namespace.events_filter("test")).await.expect("stream");
-    (jetstream, stream, namespace.event_subject("test", "changed"))
+    (jetstream, stream, namespace.event_subject("test", "changed"), config.namespace.clone())
 }
 
 fn quick_relay(pool: &PgPool, jetstream: &jetstream::Context) -> Relay {
@@ -66,7 +66,7 @@ fn quick_relay(pool: &PgPool, jetstream: &jetstream::Context) -> Relay {
 #[tokio::test]
 async fn a_relay_aborted_at_random_points_publishes_every_event_exactly_once() {
     let (_database, pool) = database_with_kit_tables().await;
-    let (jetstream, stream, subject) = setup(&isolated_nats()).await;
+    let (jetstream, stream, subject, namespace) = setup(&isolated_nats()).await;
     let writer = tokio::spawn(commit_changes(pool.clone(), subject, CHANGES));
 
     let mut aborts = 0;
@@ -82,6 +82,7 @@ async fn a_relay_aborted_at_random_points_publishes_every_event_exactly_once() {
     writer.await.expect("writer");
 
     let (count, payloads) = stream_contents(&jetstream, &stream).await;
+    kit::testing::remove_streams(&jetstream, &namespace).await;
     assert!(aborts > 5, "the relay was aborted {aborts} times");
     assert_eq!(count, CHANGES as u64, "exactly one message per change");
     assert_eq!(payloads.len(), CHANGES as usize, "no change missing, none doubled");
@@ -92,7 +93,7 @@ async fn a_nats_server_restart_mid_run_loses_and_doubles_nothing() {
     let (_database, pool) = database_with_kit_tables().await;
     let mut server = PrivateNats::start();
     let config = NatsConfig { url: server.url(), namespace: "outbox".into(), ..NatsConfig::default() };
-    let (jetstream, stream, subject) = setup(&config).await;
+    let (jetstream, stream, subject, _) = setup(&config).await;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let relay = tokio::spawn(quick_relay(&pool, &jetstream).run(shutdown.clone()));
     let writer = tokio::spawn(commit_changes(pool.clone(), subject, CHANGES));
@@ -124,4 +125,30 @@ async fn a_nats_server_restart_mid_run_loses_and_doubles_nothing() {
     let (count, payloads) = stream_contents(&jetstream, &stream).await;
     assert_eq!(count, CHANGES as u64, "exactly one message per change");
     assert_eq!(payloads.len(), CHANGES as usize, "no change missing, none doubled");
+}
+
+#[tokio::test]
+async fn a_relay_creates_its_missing_stream_and_publishes() {
+    let (_database, pool) = database_with_kit_tables().await;
+    let config = isolated_nats();
+    let namespace = Namespace::new(config.namespace.clone()).expect("namespace");
+    let jetstream = jetstream::new(kit::nats::connect(&config, "outbox-test").await.expect("nats"));
+    let (stream, subjects) = (namespace.events_stream("late"), namespace.events_filter("late"));
+    commit_changes(pool.clone(), namespace.event_subject("late", "changed"), 10).await;
+    assert!(jetstream.get_stream(&stream).await.is_err(), "no stream before the relay runs");
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let relay = quick_relay(&pool, &jetstream).with_stream(stream.clone(), subjects);
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    eventually(Duration::from_secs(20), "the outbox drained", || {
+        let pool = pool.clone();
+        async move { kit::outbox::backlog(&pool).await.expect("backlog") == 0 }
+    })
+    .await;
+    shutdown.cancel();
+    task.await.expect("relay stops");
+
+    let (count, payloads) = stream_contents(&jetstream, &stream).await;
+    kit::testing::remove_streams(&jetstream, namespace.as_str()).await;
+    assert_eq!((count, payloads.len()), (10, 10));
 }
