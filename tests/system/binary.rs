@@ -127,6 +127,16 @@ async fn pension_all_starts_reports_ready_lists_its_services_and_stops_on_sigter
     assert_eq!(serving.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
     let status = UnitsClient::new(channel(binary.grpc_port).await).get_status(GetStatusRequest {}).await;
     assert_eq!(status.expect("units answers through the gateway").into_inner().service, "units");
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", binary.http_port))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(r#"rpc_server_requests_total{service="pension.units.v1.Units",method="GetStatus",code="0"}"#),
+        "the NATS RPC server counts calls made before the first scrape: {metrics}"
+    );
 
     // Each service recorded its start through the outbox; the relay published it to the service's stream.
     let jetstream = async_nats::jetstream::new(async_nats::connect(shared_nats_url()).await.expect("nats"));

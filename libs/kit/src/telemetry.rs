@@ -35,8 +35,10 @@ impl Default for TelemetryConfig {
     }
 }
 
-/// Installs the global subscriber. Calling it again (as tests do) keeps the first one.
+/// Installs the global subscriber and the metrics recorder. Calling it again (as tests do) keeps the first ones.
 pub fn init(config: &TelemetryConfig) {
+    // Installed now, not on the first scrape: `metrics` drops whatever is recorded while no recorder is installed.
+    metrics_handle();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.filter));
     let registry = tracing_subscriber::registry().with(filter);
     let result = match config.format {
