@@ -5,11 +5,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use kit::process::Process;
-use kit::redis::{Redis, RedisConfig};
-use kit::service::{Platform, ServiceConfig};
+use kit::service::Platform;
+use pension::{AllInOne, AllInOneConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -55,36 +54,16 @@ fn main() -> ExitCode {
     })
 }
 
-/// Builds every component on one NATS connection and one readiness, then runs them until shutdown. The gateway's
-/// HTTP port serves the admin endpoints for the whole process.
+/// `pension all`: every component in this process.
 async fn run_all(process: Process) -> anyhow::Result<()> {
-    // Every section is read before anything connects, so a configuration mistake stops start-up untouched.
-    let settings = &process.settings;
-    let identity_config = settings.section::<ServiceConfig>("identity")?;
-    let units_config = settings.section::<ServiceConfig>("units")?;
-    let personnel_config = settings.section::<ServiceConfig>("personnel")?;
-    let printing_config = settings.section::<ServiceConfig>("printing")?;
-    let gateway_config = settings.section::<gateway::Config>("gateway")?;
-    let redis = Redis::connect(&settings.section::<RedisConfig>("redis")?).context("redis configuration")?;
+    let config = AllInOneConfig::from_settings(&process.settings)?;
     let platform = Platform::connect(&process, "pension-all").await?;
-    let identity = identity::build(&identity_config, &platform, false).await?;
-    let units = units::build(&units_config, &platform, false).await?;
-    let personnel = personnel::build(&personnel_config, &platform, false).await?;
-    let printing = printing::build(&printing_config, &platform, false).await?;
-    let gateway = gateway::build(&gateway_config, &platform, redis).await?;
+    let all = AllInOne::build(&config, &platform).await?;
     tracing::info!(
-        http = gateway.http_port(),
-        grpc = gateway.grpc_port(),
+        http = all.http_port(),
+        grpc = all.grpc_port(),
         "pension all: every service is up; open http://127.0.0.1:{}/",
-        gateway.http_port()
+        all.http_port()
     );
-    let shutdown = process.shutdown.clone();
-    let (identity, units, personnel, printing, gateway) = tokio::join!(
-        identity.run(shutdown.clone()),
-        units.run(shutdown.clone()),
-        personnel.run(shutdown.clone()),
-        printing.run(shutdown.clone()),
-        gateway.run(shutdown.clone()),
-    );
-    identity.and(units).and(personnel).and(printing).and(gateway)
+    all.run(process.shutdown.clone()).await
 }

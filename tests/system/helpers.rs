@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use kit::admin::Readiness;
 use kit::nats::NatsConfig;
-use kit::redis::{Redis, RedisConfig};
+use kit::redis::RedisConfig;
 use kit::service::{Platform, ServiceConfig};
+use kit::shutdown::CancellationToken;
 use kit::testing::TestDatabase;
-use tokio_util::sync::CancellationToken;
+use pension::{AllInOne, AllInOneConfig};
 
 /// The platform running inside the test process.
 pub struct TestPlatform {
@@ -19,50 +20,36 @@ pub struct TestPlatform {
     _databases: Vec<TestDatabase>,
 }
 
-fn loopback_any_port() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
 /// Builds every service and the gateway on port 0, each service with a database of its own on the server of
 /// `database_admin_url`, in the NATS namespace and Redis prefix of `nats` and `redis`.
 pub async fn spawn_platform(database_admin_url: &str, nats: NatsConfig, redis: RedisConfig) -> TestPlatform {
     let platform = Platform::connect_with(&nats, "system-test", Readiness::default()).await.expect("nats");
     let mut databases = Vec::new();
-    let service_config = || async {
+    let mut service_config = async || {
         let database = TestDatabase::create_on(database_admin_url).await;
-        let config =
-            ServiceConfig { database: database.config(), grpc_addr: Some(loopback_any_port()), admin_addr: None };
-        (database, config)
+        let config = ServiceConfig {
+            database: database.config(),
+            grpc_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            admin_addr: None,
+        };
+        databases.push(database);
+        config
     };
-    let (database, config) = service_config().await;
-    let identity = identity::build(&config, &platform, false).await.expect("identity");
-    databases.push(database);
-    let (database, config) = service_config().await;
-    let units = units::build(&config, &platform, false).await.expect("units");
-    databases.push(database);
-    let (database, config) = service_config().await;
-    let personnel = personnel::build(&config, &platform, false).await.expect("personnel");
-    databases.push(database);
-    let (database, config) = service_config().await;
-    let printing = printing::build(&config, &platform, false).await.expect("printing");
-    databases.push(database);
-    let gateway_config = gateway::Config { http_addr: loopback_any_port(), grpc_addr: loopback_any_port() };
-    let gateway = gateway::build(&gateway_config, &platform, Redis::connect(&redis).expect("redis config"))
-        .await
-        .expect("gateway");
-    let (http_port, grpc_port) = (gateway.http_port(), gateway.grpc_port());
+    let config = AllInOneConfig {
+        identity: service_config().await,
+        units: service_config().await,
+        personnel: service_config().await,
+        printing: service_config().await,
+        gateway: gateway::Config {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        },
+        redis,
+    };
+    let all = AllInOne::build(&config, &platform).await.expect("the platform builds");
+    let (http_port, grpc_port) = (all.http_port(), all.grpc_port());
     let shutdown = CancellationToken::new();
-    let token = shutdown.clone();
-    let task = tokio::spawn(async move {
-        let (a, b, c, d, e) = tokio::join!(
-            identity.run(token.clone()),
-            units.run(token.clone()),
-            personnel.run(token.clone()),
-            printing.run(token.clone()),
-            gateway.run(token.clone()),
-        );
-        a.and(b).and(c).and(d).and(e)
-    });
+    let task = tokio::spawn(all.run(shutdown.clone()));
     TestPlatform { http_port, grpc_port, shutdown, task, _databases: databases }
 }
 

@@ -159,28 +159,16 @@ fn program(name: &str) -> PathBuf {
     candidates.iter().map(PathBuf::from).find(|path| path.exists()).unwrap_or_else(|| PathBuf::from(name))
 }
 
-/// A private nats-server with JetStream, on its own port and store, for tests that stop or restart it.
+/// A server program run as a child process on a port of its own, stopped with SIGKILL (the harshest way a server
+/// goes away) and started again on the same port.
 #[derive(Debug)]
-pub struct PrivateNats {
-    pub port: u16,
-    store: tempfile::TempDir,
+struct ChildServer {
+    port: u16,
     child: Option<Child>,
 }
 
-impl PrivateNats {
-    pub fn start() -> Self {
-        let store = tempfile::tempdir().expect("a temporary directory");
-        let mut server = Self { port: free_port(), store, child: None };
-        server.resume();
-        server
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Stops the server (SIGKILL: the harshest way a server goes away).
-    pub fn stop(&mut self) {
+impl ChildServer {
+    fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -188,67 +176,80 @@ impl PrivateNats {
         }
     }
 
-    /// Starts it again on the same port with the same store.
-    pub fn resume(&mut self) {
-        let child = Command::new(program("nats-server"))
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(self.store.path())
+    fn spawn(&mut self, mut command: Command, what: &str) {
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("nats-server runs (install Debian's nats-server)");
+            .unwrap_or_else(|error| panic!("{what} runs (install it from Debian's packages): {error}"));
         self.child = Some(child);
-        assert!(wait_for_port(self.port, Duration::from_secs(10)), "private nats-server did not start");
+        assert!(wait_for_port(self.port, Duration::from_secs(10)), "private {what} did not start");
     }
 }
 
-impl Drop for PrivateNats {
+impl Drop for ChildServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A private nats-server with JetStream, on its own port and store, for tests that stop or restart it.
+#[derive(Debug)]
+pub struct PrivateNats {
+    server: ChildServer,
+    store: tempfile::TempDir,
+}
+
+impl PrivateNats {
+    pub fn start() -> Self {
+        let store = tempfile::tempdir().expect("a temporary directory");
+        let mut nats = Self { server: ChildServer { port: free_port(), child: None }, store };
+        nats.resume();
+        nats
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.server.port)
+    }
+
+    pub fn stop(&mut self) {
+        self.server.stop();
+    }
+
+    /// Starts it again on the same port with the same store.
+    pub fn resume(&mut self) {
+        let mut command = Command::new(program("nats-server"));
+        command.args(["-a", "127.0.0.1", "-p", &self.server.port.to_string(), "-js", "-sd"]).arg(self.store.path());
+        self.server.spawn(command, "nats-server");
     }
 }
 
 /// A private redis-server that keeps nothing on disk.
 #[derive(Debug)]
 pub struct PrivateRedis {
-    pub port: u16,
-    child: Option<Child>,
+    server: ChildServer,
 }
 
 impl PrivateRedis {
     pub fn start() -> Self {
-        let mut server = Self { port: free_port(), child: None };
-        server.resume();
-        server
+        let mut redis = Self { server: ChildServer { port: free_port(), child: None } };
+        redis.resume();
+        redis
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://127.0.0.1:{}", self.server.port)
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            wait_for_port_closed(self.port, Duration::from_secs(5));
-        }
+        self.server.stop();
     }
 
     pub fn resume(&mut self) {
-        let child = Command::new(program("redis-server"))
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (install Debian's redis-server)");
-        self.child = Some(child);
-        assert!(wait_for_port(self.port, Duration::from_secs(10)), "private redis-server did not start");
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
+        let mut command = Command::new(program("redis-server"));
+        let port = self.server.port.to_string();
+        command.args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        self.server.spawn(command, "redis-server");
     }
 }
 
