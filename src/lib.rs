@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 /// Every section `pension all` needs, read before anything connects so a mistake stops start-up untouched.
 #[derive(Debug, Clone)]
 pub struct AllInOneConfig {
-    pub identity: ServiceConfig,
+    pub identity: identity::Config,
     pub units: ServiceConfig,
     pub personnel: ServiceConfig,
     pub printing: ServiceConfig,

@@ -36,7 +36,7 @@ pub async fn spawn_platform(database_admin_url: &str, nats: NatsConfig, redis: R
         config
     };
     let config = AllInOneConfig {
-        identity: service_config().await,
+        identity: identity::Config { service: service_config().await, id_number_key: None },
         units: service_config().await,
         personnel: service_config().await,
         printing: service_config().await,

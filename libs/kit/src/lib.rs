@@ -7,6 +7,7 @@
 //! service's tables or domain messages.
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod consumer;
 pub mod db;
@@ -18,6 +19,7 @@ pub mod redis;
 pub mod rpc;
 pub mod service;
 pub mod shutdown;
+pub mod status;
 pub mod telemetry;
 pub mod trace;
 

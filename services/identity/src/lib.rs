@@ -1,15 +1,25 @@
-//! The identity service: identity and CA verification. It owns the establishment registry (编制通), key
-//! applications, certificates and their revocations, accounts and API clients, in its own database.
+//! The identity service: identity and CA verification. It owns the establishment registry (编制通), the handling
+//! agencies (经办机构), key applications (密钥申请), and — with the CA — certificates, accounts and API clients, in its
+//! own database.
 //!
-//! This first version serves the readiness probe (`GetStatus`) over NATS RPC and gRPC; the journeys add the
-//! registry, key applications, the CA and login.
+//! Modules in reading order: `api` (the gRPC face), `registry` (loading the registry, 校验), `keys` (applications),
+//! `spreadsheet` (reading uploaded tables), `secrets` (password hashing, ID-number HMAC).
+
+mod api;
+mod keys;
+mod registry;
+mod secrets;
+mod spreadsheet;
 
 use kit::process::Process;
 use kit::service::{Platform, Runtime, ServiceApp, ServiceConfig, ServiceDefaults};
-use proto::identity::identity_server::{Identity, IdentityServer};
+use proto::identity::identity_server::IdentityServer;
 use proto::names::Service;
+use secrecy::SecretString;
+use serde::Deserialize;
 use sqlx::migrate::Migrator;
-use tonic::{Request, Response, Status};
+
+pub use api::IdentityApi;
 
 /// The service's schema, applied at start-up after kit's tables.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/identity");
@@ -18,36 +28,38 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/identity");
 pub const DEFAULTS: ServiceDefaults =
     ServiceDefaults { service: Service::Identity, database: "pension_identity", grpc_port: 50060, admin_port: 8091 };
 
+/// The key of the ID-number HMAC used when none is configured. Fine for development and tests; production sets
+/// `identity.id_number_key` (a Kubernetes secret), or every blind index would be computable by anyone.
+const DEVELOPMENT_ID_NUMBER_KEY: &str = "development-only-id-number-key";
+
+/// The `identity` section: the common service settings plus identity's own secrets.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    #[serde(flatten)]
+    pub service: ServiceConfig,
+    /// The HMAC key of applicants' ID numbers.
+    pub id_number_key: Option<SecretString>,
+}
+
 /// The service, bound and ready to run.
 pub type App = ServiceApp<IdentityServer<IdentityApi>>;
 
 /// Connects, migrates and binds the service. `serve_admin` is false when the process serves the admin endpoints
 /// itself (`pension all`).
-pub async fn build(config: &ServiceConfig, platform: &Platform, serve_admin: bool) -> anyhow::Result<App> {
-    let runtime = Runtime::start(&DEFAULTS, &config.database, &MIGRATOR, platform).await?;
-    let api = IdentityApi { runtime: runtime.clone() };
-    ServiceApp::bind(runtime, IdentityServer::new(api), (config, &DEFAULTS), platform, serve_admin).await
+pub async fn build(config: &Config, platform: &Platform, serve_admin: bool) -> anyhow::Result<App> {
+    let runtime = Runtime::start(&DEFAULTS, &config.service.database, &MIGRATOR, platform).await?;
+    let id_number_key = config.id_number_key.clone().unwrap_or_else(|| {
+        tracing::warn!("identity.id_number_key is not set: using the development key (never do this in production)");
+        SecretString::from(DEVELOPMENT_ID_NUMBER_KEY)
+    });
+    let api = IdentityApi::new(runtime.clone(), platform.namespace.clone(), id_number_key);
+    ServiceApp::bind(runtime, IdentityServer::new(api), (&config.service, &DEFAULTS), platform, serve_admin).await
 }
 
 /// Runs the service as its own process until shutdown.
 pub async fn run(process: Process) -> anyhow::Result<()> {
-    let config: ServiceConfig = process.settings.section("identity")?;
+    let config: Config = process.settings.section("identity")?;
     let platform = Platform::connect(&process, "identity").await?;
     build(&config, &platform, true).await?.run(process.shutdown.clone()).await
-}
-
-/// The gRPC face of the service: parses requests, calls the domain, maps errors.
-#[derive(Debug, Clone)]
-pub struct IdentityApi {
-    runtime: Runtime,
-}
-
-#[tonic::async_trait]
-impl Identity for IdentityApi {
-    async fn get_status(
-        &self,
-        _request: Request<proto::common::GetStatusRequest>,
-    ) -> Result<Response<proto::common::ServiceStatus>, Status> {
-        self.runtime.status().await.map(Response::new)
-    }
 }

@@ -1,0 +1,10 @@
+//! The check algorithms of Chinese identifiers and the platform's plain field rules, as pure functions: each parses
+//! raw input into a normalised value or says, with a stable code, what is wrong. No I/O, so every service can run
+//! the same rules and tests can run them by the million.
+
+pub mod credit_code;
+pub mod id_number;
+pub mod text;
+
+pub use credit_code::{CreditCodeError, parse_credit_code};
+pub use id_number::{IdNumber, IdNumberError};

@@ -1,0 +1,268 @@
+//! The gRPC face of identity: turns requests into checked values, calls the registry and key operations, and maps
+//! their outcomes onto statuses. Bad input is `INVALID_ARGUMENT` listing every field at fault at once.
+
+use kit::audit::Actor;
+use kit::service::Runtime;
+use kit::status::{Violation, invalid, refuse};
+use proto::identity::identity_server::Identity;
+use proto::identity::{
+    ApplyForKeyRequest, Caller, ChangeKeyPasswordRequest, GetKeyApplicationRequest, ImportFileRequest, ImportReport,
+    KeyApplication, RegistryEntry, UpsertRegistryEntryRequest, VerifyUnitNameReply, VerifyUnitNameRequest,
+    WithdrawKeyApplicationRequest,
+};
+use proto::names::Namespace;
+use secrecy::SecretString;
+use tonic::{Code, Request, Response, Status};
+
+use crate::keys::{self, Keys, NewApplication, check_id_number, check_password, reject_if_any};
+use crate::registry;
+use crate::secrets::{IdNumberHasher, PasswordHasher};
+
+#[derive(Debug, Clone)]
+pub struct IdentityApi {
+    runtime: Runtime,
+    keys: Keys,
+}
+
+impl IdentityApi {
+    pub fn new(runtime: Runtime, namespace: Namespace, id_number_key: SecretString) -> Self {
+        let keys = Keys {
+            pool: runtime.pool.clone(),
+            namespace,
+            passwords: PasswordHasher::new(),
+            id_numbers: IdNumberHasher::new(id_number_key),
+        };
+        Self { runtime, keys }
+    }
+}
+
+fn actor(caller: Option<Caller>) -> Actor {
+    let caller = caller.unwrap_or_default();
+    let or = |value: String, default: &str| if value.is_empty() { default.to_owned() } else { value };
+    Actor {
+        name: or(caller.actor, "anonymous"),
+        role: or(caller.role, "public"),
+        certificate_serial: Some(caller.certificate_serial).filter(|serial| !serial.is_empty()),
+        remote_address: Some(caller.remote_address).filter(|address| !address.is_empty()),
+    }
+}
+
+/// Only the province admin loads or edits the registry.
+fn require_province_admin(actor: &Actor) -> Result<(), Status> {
+    if actor.role == "province_admin" {
+        Ok(())
+    } else {
+        Err(refuse(Code::PermissionDenied, "forbidden", "只有省级管理员可以维护编制通数据"))
+    }
+}
+
+fn import_failed(error: crate::spreadsheet::TableError) -> Status {
+    let code = match error {
+        crate::spreadsheet::TableError::MissingColumns(_) => "missing_columns",
+        crate::spreadsheet::TableError::Empty => "empty_file",
+        _ => "unreadable_file",
+    };
+    invalid(vec![Violation::new("file", code, error.to_string())])
+}
+
+#[tonic::async_trait]
+impl Identity for IdentityApi {
+    async fn get_status(
+        &self,
+        _request: Request<proto::common::GetStatusRequest>,
+    ) -> Result<Response<proto::common::ServiceStatus>, Status> {
+        self.runtime.status().await.map(Response::new)
+    }
+
+    async fn import_registry(&self, request: Request<ImportFileRequest>) -> Result<Response<ImportReport>, Status> {
+        let request = request.into_inner();
+        let actor = actor(request.caller);
+        require_province_admin(&actor)?;
+        let table = crate::spreadsheet::read(&request.file, &registry::REGISTRY_COLUMNS).map_err(import_failed)?;
+        let report = registry::import_registry(&self.runtime.pool, &table).await.map_err(kit::db::status)?;
+        audit_import(&self.runtime, &actor, "registry.import", &report).await?;
+        Ok(Response::new(report))
+    }
+
+    async fn import_agencies(&self, request: Request<ImportFileRequest>) -> Result<Response<ImportReport>, Status> {
+        let request = request.into_inner();
+        let actor = actor(request.caller);
+        require_province_admin(&actor)?;
+        let table = crate::spreadsheet::read(&request.file, &registry::AGENCY_COLUMNS).map_err(import_failed)?;
+        let report = registry::import_agencies(&self.runtime.pool, &table).await.map_err(kit::db::status)?;
+        audit_import(&self.runtime, &actor, "agencies.import", &report).await?;
+        Ok(Response::new(report))
+    }
+
+    async fn upsert_registry_entry(
+        &self,
+        request: Request<UpsertRegistryEntryRequest>,
+    ) -> Result<Response<RegistryEntry>, Status> {
+        let request = request.into_inner();
+        let actor = actor(request.caller);
+        require_province_admin(&actor)?;
+        let entry = request.entry.unwrap_or_default();
+        let mut violations = Vec::new();
+        if entry.institution_code.trim().is_empty() {
+            violations.push(Violation::new("institution_code", "required", "机构编码不能为空"));
+        }
+        if entry.unit_name.trim().is_empty() {
+            violations.push(Violation::new("unit_name", "required", "单位名称不能为空"));
+        }
+        let credit_code = validators::parse_credit_code(&entry.credit_code).unwrap_or_else(|error| {
+            violations.push(Violation::new("credit_code", error.code(), error.to_string()));
+            String::new()
+        });
+        reject_if_any(violations)?;
+        let entry = RegistryEntry { credit_code, ..entry };
+        let mut transaction = self.runtime.pool.begin().await.map_err(kit::db::status)?;
+        if let Err(violation) = registry::upsert_entry(&mut transaction, &entry).await.map_err(kit::db::status)? {
+            return Err(invalid(vec![violation]));
+        }
+        let object = format!("registry_entry:{}", entry.institution_code);
+        let record = kit::audit::Record {
+            actor: &actor,
+            action: "registry.upsert",
+            object: &object,
+            outcome: kit::audit::Outcome::Success,
+            detail: serde_json::json!({ "unit_name": entry.unit_name }),
+        };
+        kit::audit::append(&mut transaction, &record).await.map_err(kit::db::status)?;
+        transaction.commit().await.map_err(kit::db::status)?;
+        Ok(Response::new(entry))
+    }
+
+    async fn verify_unit_name(
+        &self,
+        request: Request<VerifyUnitNameRequest>,
+    ) -> Result<Response<VerifyUnitNameReply>, Status> {
+        let request = request.into_inner();
+        let mut violations = Vec::new();
+        if !registry::is_known_type(&request.unit_type) {
+            violations.push(Violation::new("unit_type", "unknown_unit_type", "请选择单位类型：机关或事业单位"));
+        }
+        if request.unit_name.trim().is_empty() {
+            violations.push(Violation::new("unit_name", "required", "请填写单位名称"));
+        }
+        reject_if_any(violations)?;
+        let pool = &self.runtime.pool;
+        let entry = registry::find_by_name(pool, &request.unit_name).await.map_err(kit::db::status)?;
+        match entry {
+            Some(entry) if registry::type_matches(&entry.unit_type, &request.unit_type) => {
+                let keys = self.keys.list_for_unit(&entry.institution_code).await.map_err(kit::db::status)?;
+                Ok(Response::new(VerifyUnitNameReply { matched: true, entry: Some(entry), candidates: vec![], keys }))
+            }
+            _ => {
+                let candidates = registry::closest_names(pool, &request.unit_name, 5).await.map_err(kit::db::status)?;
+                Ok(Response::new(VerifyUnitNameReply { matched: false, entry: None, candidates, keys: vec![] }))
+            }
+        }
+    }
+
+    async fn apply_for_key(&self, request: Request<ApplyForKeyRequest>) -> Result<Response<KeyApplication>, Status> {
+        let request = request.into_inner();
+        let actor = actor(request.caller);
+        let mut violations = Vec::new();
+        let category = validators::text::normalize_name(&request.category);
+        if !category.is_empty() && category != keys::CATEGORY && category != "pension_key" {
+            violations.push(Violation::new("category", "unknown_category", "申请类别应为“机关事业养老保险密钥注册”"));
+        }
+        if !registry::is_known_type(&request.unit_type) {
+            violations.push(Violation::new("unit_type", "unknown_unit_type", "请选择单位类型：机关或事业单位"));
+        }
+        let applicant_name = request.applicant_name.trim().to_owned();
+        if applicant_name.is_empty() {
+            violations.push(Violation::new("applicant_name", "required", "请填写申请人姓名"));
+        } else if applicant_name.chars().count() > 60 {
+            violations.push(Violation::new("applicant_name", "too_long", "申请人姓名不能超过60个字"));
+        }
+        let applicant_id = check_id_number("applicant_id_number", &request.applicant_id_number, &mut violations);
+        let phone = validators::text::parse_phone(&request.phone);
+        if phone.is_none() {
+            violations.push(Violation::new("phone", "invalid_phone", "联系电话应为11位手机号码或带区号的固定电话"));
+        }
+        check_password("password", &request.password, &mut violations);
+        let entry = if request.unit_name.trim().is_empty() {
+            violations.push(Violation::new("unit_name", "required", "请填写单位名称"));
+            None
+        } else {
+            let entry =
+                registry::find_by_name(&self.runtime.pool, &request.unit_name).await.map_err(kit::db::status)?;
+            match entry {
+                Some(entry) if registry::type_matches(&entry.unit_type, &request.unit_type) => Some(entry),
+                _ => {
+                    violations.push(Violation::new(
+                        "unit_name",
+                        "unit_not_in_registry",
+                        "单位名称与编制通登记的名称不一致，请先校验单位名称",
+                    ));
+                    None
+                }
+            }
+        };
+        let (Some(entry), Some(applicant_id), Some(phone), true) = (entry, applicant_id, phone, violations.is_empty())
+        else {
+            let status = invalid(violations);
+            self.keys.audit_refusal(&actor, "key_application.apply", "new", &status).await;
+            return Err(status);
+        };
+        let application = NewApplication {
+            institution_code: entry.institution_code,
+            applicant_name,
+            applicant_id,
+            phone,
+            password: SecretString::from(request.password),
+        };
+        self.keys.apply(&actor, application).await.map(Response::new)
+    }
+
+    async fn get_key_application(
+        &self,
+        request: Request<GetKeyApplicationRequest>,
+    ) -> Result<Response<KeyApplication>, Status> {
+        self.keys.get(&request.into_inner().application_id).await.map(Response::new)
+    }
+
+    async fn withdraw_key_application(
+        &self,
+        request: Request<WithdrawKeyApplicationRequest>,
+    ) -> Result<Response<KeyApplication>, Status> {
+        let request = request.into_inner();
+        let actor = actor(request.caller);
+        let mut violations = Vec::new();
+        let applicant_id = check_id_number("applicant_id_number", &request.applicant_id_number, &mut violations);
+        let Some(applicant_id) = applicant_id else { return Err(invalid(violations)) };
+        self.keys.withdraw(&actor, &request.application_id, &applicant_id).await.map(Response::new)
+    }
+
+    async fn change_key_password(
+        &self,
+        request: Request<ChangeKeyPasswordRequest>,
+    ) -> Result<Response<KeyApplication>, Status> {
+        let request = request.into_inner();
+        let actor = actor(request.caller);
+        let mut violations = Vec::new();
+        let applicant_id = check_id_number("applicant_id_number", &request.applicant_id_number, &mut violations);
+        check_password("new_password", &request.new_password, &mut violations);
+        let (Some(applicant_id), true) = (applicant_id, violations.is_empty()) else {
+            return Err(invalid(violations));
+        };
+        self.keys
+            .change_password(&actor, &request.application_id, &applicant_id, SecretString::from(request.new_password))
+            .await
+            .map(Response::new)
+    }
+}
+
+async fn audit_import(runtime: &Runtime, actor: &Actor, action: &str, report: &ImportReport) -> Result<(), Status> {
+    let record = kit::audit::Record {
+        actor,
+        action,
+        object: action.split('.').next().unwrap_or(action),
+        outcome: kit::audit::Outcome::Success,
+        detail: serde_json::json!({ "loaded": report.loaded, "rejected_rows": report.errors.len() }),
+    };
+    let mut connection = runtime.pool.acquire().await.map_err(kit::db::status)?;
+    kit::audit::append(&mut connection, &record).await.map_err(kit::db::status)?;
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! The identity service's API tests: the real service on a database of its own, called over NATS RPC exactly as
+//! the gateway calls it.
+
+mod helpers;
+mod key_applications;
+mod registry;
