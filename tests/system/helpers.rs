@@ -11,6 +11,9 @@ use kit::shutdown::CancellationToken;
 use kit::testing::TestDatabase;
 use pension::{AllInOne, AllInOneConfig};
 
+/// The province admin's bootstrap token of the test platforms.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
 /// The platform running inside the test process.
 pub struct TestPlatform {
     pub http_port: u16,
@@ -43,6 +46,7 @@ pub async fn spawn_platform(database_admin_url: &str, nats: NatsConfig, redis: R
         gateway: gateway::Config {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_token: Some(ADMIN_TOKEN.into()),
         },
         redis,
     };

@@ -2,5 +2,7 @@
 //! or as the real `pension` binary, against real PostgreSQL, NATS and Redis.
 
 mod binary;
+mod browser;
 mod helpers;
+mod key_api;
 mod readiness;

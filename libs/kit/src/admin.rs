@@ -128,7 +128,9 @@ pub async fn serve_http(
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
     let router = router.layer(crate::trace::TraceLayer);
-    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    // Handlers may read the peer address (for the audit log) through `ConnectInfo<SocketAddr>`.
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }
 
 #[cfg(test)]

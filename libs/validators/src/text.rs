@@ -28,6 +28,15 @@ pub fn parse_phone(raw: &str) -> Option<String> {
     (allowed && (mobile || landline)).then_some(phone)
 }
 
+/// A person's name as public pages show it: the first character, the rest as `*` (`张伟` → `张*`).
+pub fn mask_name(name: &str) -> String {
+    let mut chars = name.trim().chars();
+    match chars.next() {
+        Some(first) => std::iter::once(first).chain(chars.map(|_| '*')).collect(),
+        None => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,6 +45,13 @@ mod tests {
     fn full_width_forms_and_spaces_fold_away() {
         assert_eq!(normalize_name("黑龙江省　双鸭山市（财政局） "), "黑龙江省双鸭山市(财政局)");
         assert_eq!(normalize_name("ＡＢＣ１２３"), "ABC123");
+    }
+
+    #[test]
+    fn names_keep_only_their_first_character() {
+        assert_eq!(mask_name("张伟"), "张*");
+        assert_eq!(mask_name("欧阳娜娜"), "欧***");
+        assert_eq!(mask_name(""), "");
     }
 
     #[test]

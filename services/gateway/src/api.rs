@@ -1,10 +1,11 @@
 //! The JSON API and public pages of the HTTP port. Errors are JSON with a stable machine-readable `code` and a
 //! Chinese `message`; a service that cannot be reached is 503 with `Retry-After`, never a 500.
 
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use kit::service::Platform;
 use proto::common::{GetStatusRequest, ServiceStatus};
@@ -12,13 +13,24 @@ use proto::names::Service;
 use serde::Serialize;
 use tonic::Status;
 
-use crate::AppState;
+use crate::{AppState, keys};
+
+/// Files larger than this are refused before they are read: above the NATS message limit they could not reach
+/// the service anyway.
+const MAX_UPLOAD_BYTES: usize = 20 * 1024 * 1024;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/", get(status_page))
         .route("/api/status", get(platform_status))
         .route("/api/openapi.json", get(openapi))
+        .route("/api/unit-names/verify", post(keys::verify_unit_name))
+        .route("/api/key-applications", post(keys::apply_for_key))
+        .route("/api/key-applications/{application_id}", get(keys::get_key_application))
+        .route("/api/key-applications/{application_id}/withdraw", post(keys::withdraw_key_application))
+        .route("/api/key-applications/{application_id}/password", post(keys::change_key_password))
+        .route("/api/registry/import", post(keys::import_registry).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)))
+        .route("/api/agencies/import", post(keys::import_agencies).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)))
+        .merge(crate::pages::router())
         .with_state(state)
 }
 
@@ -103,106 +115,7 @@ async fn platform_status(State(state): State<AppState>) -> Response {
     Json(serde_json::json!({ "services": services })).into_response()
 }
 
-/// The public status page: which services answer, in Chinese, with no personal data.
-async fn status_page(State(state): State<AppState>) -> Html<String> {
-    let services = service_reports(&state.platform).await;
-    let rows: String = services
-        .iter()
-        .map(|report| {
-            let state = if report.ok { "正常" } else { "不可用" };
-            format!(
-                "<tr><th scope=\"row\">{}</th><td class=\"{}\">{state}</td><td>{}</td></tr>",
-                service_label(report.service),
-                if report.ok { "ok" } else { "down" },
-                escape(report.version.as_deref().unwrap_or("—")),
-            )
-        })
-        .collect();
-    Html(format!(
-        "<!doctype html><html lang=\"zh-CN\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>机关事业单位养老保险参保登记平台</title>\
-         <style>body{{font-family:system-ui,sans-serif;margin:2rem;max-width:48rem}}\
-         table{{border-collapse:collapse}}th,td{{padding:.4rem 1rem;border-bottom:1px solid #ddd;text-align:left}}\
-         .ok{{color:#1a7f37}}.down{{color:#cf222e}}</style></head><body>\
-         <h1>机关事业单位养老保险参保登记平台</h1><h2>服务状态</h2>\
-         <table><thead><tr><th scope=\"col\">服务</th><th scope=\"col\">状态</th><th scope=\"col\">版本</th></tr></thead>\
-         <tbody>{rows}</tbody></table>\
-         <p><a href=\"/api/openapi.json\">接口文档（OpenAPI）</a> · <a href=\"/readyz\">就绪检查</a></p>\
-         </body></html>"
-    ))
-}
-
-fn service_label(service: &str) -> &'static str {
-    match service {
-        "identity" => "身份认证与证书",
-        "units" => "参保单位",
-        "personnel" => "人员登记",
-        "printing" => "表单打印",
-        _ => "未知服务",
-    }
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
-/// The OpenAPI document of the JSON API.
-async fn openapi() -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "openapi": "3.1.0",
-        "info": {
-            "title": "机关事业单位养老保险参保登记平台 API",
-            "version": kit::service::VERSION,
-            "description": "JSON API of the provincial pension enrollment platform. Errors carry a stable `code` and a Chinese `message`."
-        },
-        "paths": {
-            "/api/status": {
-                "get": {
-                    "operationId": "getPlatformStatus",
-                    "summary": "Every service's status, asked over the platform's internal RPC",
-                    "responses": {
-                        "200": { "description": "Every service answered", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/PlatformStatus" } } } },
-                        "503": { "description": "A service cannot be reached", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/PlatformStatus" } } } }
-                    }
-                }
-            }
-        },
-        "components": {
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["code", "message"],
-                    "properties": {
-                        "code": { "type": "string", "description": "Stable machine-readable error code" },
-                        "message": { "type": "string", "description": "Chinese message for people" },
-                        "field": { "type": "string", "description": "The request field at fault, when one is" }
-                    }
-                },
-                "PlatformStatus": {
-                    "type": "object",
-                    "required": ["services"],
-                    "properties": {
-                        "code": { "type": "string" },
-                        "message": { "type": "string" },
-                        "services": { "type": "array", "items": { "$ref": "#/components/schemas/ServiceStatus" } }
-                    }
-                },
-                "ServiceStatus": {
-                    "type": "object",
-                    "required": ["service", "ok"],
-                    "properties": {
-                        "service": { "type": "string", "enum": ["identity", "units", "personnel", "printing"] },
-                        "ok": { "type": "boolean" },
-                        "version": { "type": "string" },
-                        "instance_id": { "type": "string" },
-                        "uptime_seconds": { "type": "integer", "minimum": 0 },
-                        "outbox_backlog": { "type": "integer", "minimum": 0 },
-                        "schema_version": { "type": "integer" },
-                        "error": { "type": "string" }
-                    }
-                }
-            }
-        }
-    }))
+/// The OpenAPI document of the JSON API, kept as a file beside the code it describes.
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
 }

@@ -7,6 +7,9 @@
 
 mod api;
 mod bridge;
+mod error;
+mod keys;
+mod pages;
 
 use std::net::SocketAddr;
 
@@ -15,6 +18,7 @@ use kit::process::Process;
 use kit::redis::{Redis, RedisConfig};
 use kit::service::Platform;
 use proto::names::Service;
+use secrecy::SecretString;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -27,11 +31,18 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// Plaintext gRPC with health and reflection, for operators and `grpcurl`; loopback only by default.
     pub grpc_addr: SocketAddr,
+    /// The province admin's bootstrap credential for loading the registry until accounts exist (`Authorization:
+    /// Bearer …`). Unset: the admin operations are refused.
+    pub admin_token: Option<SecretString>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { http_addr: SocketAddr::from(([0, 0, 0, 0], 8080)), grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)) }
+        Self {
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            admin_token: None,
+        }
     }
 }
 
@@ -40,6 +51,8 @@ impl Default for Config {
 pub struct AppState {
     pub platform: Platform,
     pub redis: Redis,
+    pub admin_token: Option<SecretString>,
+    pub pages: std::sync::Arc<pages::Pages>,
 }
 
 /// The gateway, bound and ready to run.
@@ -73,7 +86,13 @@ pub async fn build(config: &Config, platform: &Platform, redis: Redis) -> anyhow
             }
         });
     }
-    Ok(App { state: AppState { platform: platform.clone(), redis }, http_listener, grpc_listener })
+    let state = AppState {
+        platform: platform.clone(),
+        redis,
+        admin_token: config.admin_token.clone(),
+        pages: std::sync::Arc::new(pages::Pages::new()),
+    };
+    Ok(App { state, http_listener, grpc_listener })
 }
 
 impl App {

@@ -220,7 +220,7 @@ impl Identity for IdentityApi {
         &self,
         request: Request<GetKeyApplicationRequest>,
     ) -> Result<Response<KeyApplication>, Status> {
-        self.keys.get(&request.into_inner().application_id).await.map(Response::new)
+        self.keys.get_public(&request.into_inner().application_id).await.map(Response::new)
     }
 
     async fn withdraw_key_application(

@@ -207,8 +207,14 @@ impl Keys {
         self.get(&application_id).await
     }
 
-    /// An application by its id.
-    pub async fn get(&self, application_id: &str) -> Result<KeyApplication, Status> {
+    /// An application by its id, as anyone may see it: ids are easy to guess, so the applicant's name is masked.
+    pub async fn get_public(&self, application_id: &str) -> Result<KeyApplication, Status> {
+        let application = self.get(application_id).await?;
+        Ok(KeyApplication { applicant_name: validators::text::mask_name(&application.applicant_name), ..application })
+    }
+
+    /// An application by its id, in full: for answers to callers who proved the applicant's ID number.
+    async fn get(&self, application_id: &str) -> Result<KeyApplication, Status> {
         let row: Option<ApplicationRow> = sqlx::query_as(select_application!())
             .bind(application_id.trim())
             .fetch_optional(&self.pool)
