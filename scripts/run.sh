@@ -20,6 +20,10 @@ for _ in $(seq 1 600); do
   sleep 0.5
 done
 
+# The demo registry, so that a key can be applied for at once; loading it again changes nothing.
+"$binary" agencies import demo/agencies.csv
+"$binary" registry import demo/registry.csv
+
 cat <<MSG
 
   The platform is running (all services in one process; logs in .run/pension.log).
@@ -29,6 +33,7 @@ cat <<MSG
     Platform status  http://127.0.0.1:$http_port/api/status
     OpenAPI          http://127.0.0.1:$http_port/api/openapi.json
     Metrics          http://127.0.0.1:$http_port/metrics
+    Key application  http://127.0.0.1:$http_port/keys/apply  (try 双鸭山市财政局, 机关)
     Operator gRPC    127.0.0.1:50051  (grpcurl -plaintext 127.0.0.1:50051 list)
 
   Press Ctrl-C to stop.

@@ -18,35 +18,47 @@ struct RunningBinary {
     http_port: u16,
     grpc_port: u16,
     namespace: String,
+    environment: Vec<(String, String)>,
     _databases: Vec<TestDatabase>,
+}
+
+impl RunningBinary {
+    /// Another invocation of the binary with the same configuration, as an operator would run it beside.
+    fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pension"));
+        command.current_dir(env!("CARGO_MANIFEST_DIR")).envs(self.environment.iter().cloned());
+        command
+    }
 }
 
 async fn start_binary() -> RunningBinary {
     let (http_port, grpc_port) = (free_port(), free_port());
     let namespace = format!("t_{}", unique_suffix());
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pension"));
-    command
-        .arg("all")
-        .env("PENSION__GATEWAY__HTTP_ADDR", format!("127.0.0.1:{http_port}"))
-        .env("PENSION__GATEWAY__GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
-        .env("PENSION__NATS__URL", shared_nats_url())
-        .env("PENSION__NATS__NAMESPACE", &namespace)
-        .env("PENSION__REDIS__URL", shared_redis_url())
-        .env("PENSION__REDIS__KEY_PREFIX", format!("{namespace}:"))
-        .env("PENSION__TELEMETRY__FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut environment = vec![
+        ("PENSION__GATEWAY__HTTP_ADDR".to_owned(), format!("127.0.0.1:{http_port}")),
+        ("PENSION__GATEWAY__GRPC_ADDR".to_owned(), format!("127.0.0.1:{grpc_port}")),
+        ("PENSION__NATS__URL".to_owned(), shared_nats_url()),
+        ("PENSION__NATS__NAMESPACE".to_owned(), namespace.clone()),
+        ("PENSION__REDIS__URL".to_owned(), shared_redis_url()),
+        ("PENSION__REDIS__KEY_PREFIX".to_owned(), format!("{namespace}:")),
+        ("PENSION__TELEMETRY__FORMAT".to_owned(), "json".to_owned()),
+    ];
     let mut databases = Vec::new();
     for service in ["identity", "units", "personnel", "printing"] {
         let database = TestDatabase::create().await;
         let upper = service.to_uppercase();
-        command
-            .env(format!("PENSION__{upper}__DATABASE__URL"), &database.url)
-            .env(format!("PENSION__{upper}__GRPC_ADDR"), "127.0.0.1:0");
+        environment.push((format!("PENSION__{upper}__DATABASE__URL"), database.url.clone()));
+        environment.push((format!("PENSION__{upper}__GRPC_ADDR"), "127.0.0.1:0".to_owned()));
         databases.push(database);
     }
-    let child = command.spawn().expect("the pension binary starts");
-    RunningBinary { child, http_port, grpc_port, namespace, _databases: databases }
+    let child = Command::new(env!("CARGO_BIN_EXE_pension"))
+        .arg("all")
+        .envs(environment.iter().cloned())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the pension binary starts");
+    RunningBinary { child, http_port, grpc_port, namespace, environment, _databases: databases }
 }
 
 async fn channel(grpc_port: u16) -> tonic::transport::Channel {
@@ -99,6 +111,14 @@ async fn pension_all_starts_reports_ready_lists_its_services_and_stops_on_sigter
         reqwest::get(&readyz).await.is_ok_and(|response| response.status().is_success())
     })
     .await;
+
+    // The operator's commands load the demo registry through the running identity service.
+    for (what, file, loaded) in [("agencies", "demo/agencies.csv", 3), ("registry", "demo/registry.csv", 9)] {
+        let output = binary.command().args([what, "import", file]).output().expect("the command runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{what} import: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+        assert!(stdout.contains(&format!("{loaded} rows loaded, 0 refused")), "{stdout}");
+    }
 
     let (_, report) = get_json(&readyz).await;
     for dependency in ["postgres", "nats", "redis"] {

@@ -71,12 +71,38 @@ async fn screenshot(browser: &Client, name: &str) {
     std::fs::write(artifacts().join(format!("{name}.png")), png).expect("write screenshot");
 }
 
+/// The text of `css`, waiting for it to appear: a click that submits a form returns before the next page may
+/// have loaded.
 async fn text_of(browser: &Client, css: &str) -> String {
-    browser.find(Locator::Css(css)).await.unwrap_or_else(|_| panic!("{css} on the page")).text().await.expect("text")
+    browser
+        .wait()
+        .at_most(Duration::from_secs(15))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|_| panic!("{css} on the page"))
+        .text()
+        .await
+        .expect("text")
+}
+
+/// An element, waiting for it to appear.
+async fn element(browser: &Client, locator: Locator<'_>) -> fantoccini::elements::Element {
+    let description = format!("{locator:?}");
+    browser
+        .wait()
+        .at_most(Duration::from_secs(15))
+        .for_element(locator)
+        .await
+        .unwrap_or_else(|_| panic!("{description} on the page"))
 }
 
 async fn fill(browser: &Client, id: &str, value: &str) {
-    let input = browser.find(Locator::Id(id)).await.unwrap_or_else(|_| panic!("#{id} on the page"));
+    let input = browser
+        .wait()
+        .at_most(Duration::from_secs(15))
+        .for_element(Locator::Id(id))
+        .await
+        .unwrap_or_else(|_| panic!("#{id} on the page"));
     input.clear().await.expect("clear");
     input.send_keys(value).await.expect("type");
 }
@@ -91,27 +117,21 @@ async fn a_unit_applies_for_a_key_and_withdraws_it_through_the_pages() {
 
     browser.goto(&platform.url("/")).await.expect("home");
     screenshot(&browser, "01-home").await;
-    browser.find(Locator::LinkText("密钥申请")).await.expect("menu link").click().await.expect("click");
-    browser.find(Locator::Css("#unit_type option[value='机关']")).await.expect("option").click().await.expect("select");
+    element(&browser, Locator::LinkText("密钥申请")).await.click().await.expect("click");
+    element(&browser, Locator::Css("#unit_type option[value='机关']")).await.click().await.expect("select");
     fill(&browser, "unit_name", "双鸭山财政局").await;
-    browser.find(Locator::Id("verify")).await.expect("校验").click().await.expect("click");
+    element(&browser, Locator::Id("verify")).await.click().await.expect("click");
     assert!(text_of(&browser, "#unit_name-error").await.contains("编制通中没有这个单位名称"));
     screenshot(&browser, "02-verify-miss-with-candidates").await;
 
-    browser
-        .find(Locator::XPath("//button[text()='双鸭山市财政局']"))
-        .await
-        .expect("the offered name")
-        .click()
-        .await
-        .expect("pick");
+    element(&browser, Locator::XPath("//button[text()='双鸭山市财政局']")).await.click().await.expect("pick");
     assert!(text_of(&browser, ".ok-box").await.contains("校验通过"));
     fill(&browser, "applicant_name", "张伟").await;
     fill(&browser, "applicant_id_number", "230502198001011239").await;
     fill(&browser, "phone", "13804691234").await;
     fill(&browser, "password", "Secret2026").await;
     fill(&browser, "password_confirm", "Secret2026").await;
-    browser.find(Locator::Id("submit")).await.expect("提交").click().await.expect("click");
+    element(&browser, Locator::Id("submit")).await.click().await.expect("click");
     let message = text_of(&browser, "#applicant_id_number-error").await;
     assert!(message.contains("校验位"), "the bad ID number is named at its field: {message}");
     screenshot(&browser, "03-applicant-id-number-error").await;
@@ -119,7 +139,7 @@ async fn a_unit_applies_for_a_key_and_withdraws_it_through_the_pages() {
     fill(&browser, "applicant_id_number", "230502198001011238").await;
     fill(&browser, "password", "Secret2026").await;
     fill(&browser, "password_confirm", "Secret2026").await;
-    browser.find(Locator::Id("submit")).await.expect("提交").click().await.expect("click");
+    element(&browser, Locator::Id("submit")).await.click().await.expect("click");
     let application_id = text_of(&browser, "#application-id").await;
     assert!(application_id.starts_with("SQ"), "{application_id}");
     assert_eq!(text_of(&browser, "#username").await, "230500001-01");
@@ -129,10 +149,95 @@ async fn a_unit_applies_for_a_key_and_withdraws_it_through_the_pages() {
     browser.goto(&platform.url("/keys/withdraw")).await.expect("withdraw page");
     fill(&browser, "application_id", &application_id).await;
     fill(&browser, "applicant_id_number", "230502198001011238").await;
-    browser.find(Locator::Id("confirm")).await.expect("confirmation").click().await.expect("tick");
-    browser.find(Locator::Id("submit")).await.expect("撤回").click().await.expect("click");
+    element(&browser, Locator::Id("confirm")).await.click().await.expect("tick");
+    element(&browser, Locator::Id("submit")).await.click().await.expect("click");
     assert_eq!(text_of(&browser, "#state").await, "已撤回");
     screenshot(&browser, "05-application-withdrawn").await;
+
+    browser.close().await.expect("close the browser");
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn the_admin_loads_the_registry_through_the_page_and_bad_rows_are_listed() {
+    let platform = spawn_isolated_platform().await;
+    let driver = start_chromedriver().await;
+    let profile = tempfile::tempdir().expect("profile folder");
+    let files = tempfile::tempdir().expect("files folder");
+    let agencies = files.path().join("agencies.csv");
+    let registry = files.path().join("registry.csv");
+    std::fs::write(&agencies, crate::key_api::AGENCIES_CSV).expect("write");
+    std::fs::write(&registry, crate::key_api::REGISTRY_CSV).expect("write");
+    let browser = open_browser(&driver, profile.path()).await;
+
+    for (kind, file, expected) in
+        [("agencies", &agencies, "已导入 1 行。"), ("registry", &registry, "已导入 2 行，1 处错误。")]
+    {
+        browser.goto(&platform.url("/admin/registry")).await.expect("admin page");
+        element(&browser, Locator::Css(&format!("#kind option[value='{kind}']"))).await.click().await.expect("select");
+        element(&browser, Locator::Id("file")).await.send_keys(&file.display().to_string()).await.expect("choose file");
+        fill(&browser, "token", crate::helpers::ADMIN_TOKEN).await;
+        element(&browser, Locator::Id("submit")).await.click().await.expect("click");
+        assert_eq!(text_of(&browser, "#report-summary").await, expected);
+    }
+    let bad_row = text_of(&browser, "table tbody tr").await;
+    assert!(bad_row.contains('4') && bad_row.contains("统一社会信用代码"), "{bad_row}");
+    screenshot(&browser, "06-admin-registry-import").await;
+
+    browser.goto(&platform.url("/admin/registry")).await.expect("admin page");
+    element(&browser, Locator::Id("file")).await.send_keys(&registry.display().to_string()).await.expect("file");
+    fill(&browser, "token", "wrong").await;
+    element(&browser, Locator::Id("submit")).await.click().await.expect("click");
+    assert!(text_of(&browser, ".error-box").await.contains("管理员凭据无效"));
+
+    browser.close().await.expect("close the browser");
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn the_pages_fit_a_tablet_without_sideways_scrolling() {
+    let platform = spawn_isolated_platform().await;
+    let driver = start_chromedriver().await;
+    let profile = tempfile::tempdir().expect("profile folder");
+    let browser = open_browser(&driver, profile.path()).await;
+    browser.set_window_size(768, 1024).await.expect("tablet size");
+
+    for (path, name) in
+        [("/", "07-tablet-home"), ("/keys/apply", "08-tablet-apply"), ("/keys/withdraw", "09-tablet-withdraw")]
+    {
+        browser.goto(&platform.url(path)).await.expect("page");
+        let overflow = browser
+            .execute("return document.documentElement.scrollWidth - window.innerWidth;", vec![])
+            .await
+            .expect("measure")
+            .as_i64()
+            .unwrap_or(i64::MAX);
+        assert!(overflow <= 0, "{path} is {overflow} px wider than a tablet");
+        screenshot(&browser, name).await;
+    }
+    // Keyboard only: Tab reaches the skip link first, then the brand, then the key application in the main menu,
+    // and Enter follows it.
+    browser.goto(&platform.url("/")).await.expect("home");
+    let mut focused = Vec::new();
+    for _ in 0..3 {
+        browser
+            .active_element()
+            .await
+            .expect("focus")
+            .send_keys(&char::from(fantoccini::key::Key::Tab).to_string())
+            .await
+            .expect("Tab");
+        focused.push(browser.active_element().await.expect("focus").text().await.unwrap_or_default());
+    }
+    assert_eq!(focused[1..], ["机关事业单位养老保险参保登记平台", "密钥申请"], "{focused:?}");
+    browser
+        .active_element()
+        .await
+        .expect("focus")
+        .send_keys(&char::from(fantoccini::key::Key::Enter).to_string())
+        .await
+        .expect("Enter");
+    assert!(browser.current_url().await.expect("url").path().ends_with("/keys/apply"));
 
     browser.close().await.expect("close the browser");
     platform.stop().await;

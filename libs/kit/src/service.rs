@@ -55,6 +55,17 @@ impl Platform {
         Ok(Self { nats, namespace, readiness, request_timeout: config.request_timeout })
     }
 
+    /// Waits until the NATS connection is up, for short-lived commands whose first call must not race the
+    /// background connect.
+    pub async fn wait_connected(&self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        while self.nats.connection_state() != async_nats::connection::State::Connected {
+            anyhow::ensure!(Instant::now() < deadline, "cannot reach NATS within {} s", limit.as_secs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
     /// A channel for calling `service` over NATS RPC: `UnitsClient::new(platform.channel(Service::Units))`.
     pub fn channel(&self, service: Service) -> NatsChannel {
         NatsChannel::new(self.nats.clone(), self.namespace.rpc_prefix(service.as_str()), self.request_timeout)

@@ -17,7 +17,7 @@ use crate::{AppState, keys};
 
 /// Files larger than this are refused before they are read: above the NATS message limit they could not reach
 /// the service anyway.
-const MAX_UPLOAD_BYTES: usize = 20 * 1024 * 1024;
+pub const MAX_UPLOAD_BYTES: usize = 20 * 1024 * 1024;
 
 pub fn router(state: AppState) -> Router {
     Router::new()

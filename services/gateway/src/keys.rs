@@ -37,14 +37,19 @@ pub fn public_caller(remote: SocketAddr) -> Option<Caller> {
 /// Until accounts exist, the province admin proves itself with the configured bootstrap token
 /// (`Authorization: Bearer …`), compared in constant time.
 fn admin_caller(state: &AppState, headers: &HeaderMap, remote: SocketAddr) -> Result<Option<Caller>, ApiError> {
-    let Some(expected) = &state.admin_token else {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "admin_disabled", "未配置管理员凭据，无法进行此操作"));
-    };
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .unwrap_or("");
+    admin_caller_from_token(state, given, remote)
+}
+
+/// The province admin, when `given` is the configured bootstrap token.
+pub fn admin_caller_from_token(state: &AppState, given: &str, remote: SocketAddr) -> Result<Option<Caller>, ApiError> {
+    let Some(expected) = &state.admin_token else {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "admin_disabled", "未配置管理员凭据，无法进行此操作"));
+    };
     let expected = expected.expose_secret().as_bytes();
     let equal = given.len() == expected.len()
         && given.as_bytes().iter().zip(expected).fold(0u8, |difference, (a, b)| difference | (a ^ b)) == 0;

@@ -39,6 +39,7 @@ impl Pages {
             ("apply_applicant.html", include_str!("../templates/apply_applicant.html")),
             ("application.html", include_str!("../templates/application.html")),
             ("lookup.html", include_str!("../templates/lookup.html")),
+            ("admin_import.html", include_str!("../templates/admin_import.html")),
         ] {
             // The templates are part of the binary and covered by tests, so a syntax error is a build defect.
             if let Err(error) = templates.add_template(name, source) {
@@ -74,6 +75,12 @@ pub fn router() -> Router<AppState> {
         .route("/keys/query", get(query))
         .route("/keys/withdraw", get(withdraw_form).post(withdraw_submit))
         .route("/keys/password", get(password_form).post(password_submit))
+        .route(
+            "/admin/registry",
+            get(admin_import_form)
+                .post(admin_import_submit)
+                .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_UPLOAD_BYTES)),
+        )
 }
 
 async fn stylesheet() -> Response {
@@ -338,4 +345,55 @@ async fn password_submit(
             password_page(&state, &form, errors, message)
         }
     }
+}
+
+async fn admin_import_form(State(state): State<AppState>) -> Response {
+    state.pages.render("admin_import.html", context! { section => "admin" })
+}
+
+/// The registry or agencies file uploaded with the admin credential, loaded through the same call as the API.
+async fn admin_import_submit(
+    State(state): State<AppState>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    mut form: axum::extract::Multipart,
+) -> Response {
+    let (mut kind, mut token, mut file) = (String::new(), String::new(), Vec::new());
+    loop {
+        match form.next_field().await {
+            Ok(Some(field)) => {
+                let name = field.name().unwrap_or_default().to_owned();
+                match field.bytes().await {
+                    Ok(bytes) if name == "file" => file = bytes.to_vec(),
+                    Ok(bytes) if name == "kind" => kind = String::from_utf8_lossy(&bytes).into_owned(),
+                    Ok(bytes) if name == "token" => token = String::from_utf8_lossy(&bytes).into_owned(),
+                    Ok(_) => {}
+                    Err(error) => return admin_import_error(&state, &kind, format!("上传失败：{error}")),
+                }
+            }
+            Ok(None) => break,
+            Err(error) => return admin_import_error(&state, &kind, format!("上传失败：{error}")),
+        }
+    }
+    let caller = match crate::keys::admin_caller_from_token(&state, &token, remote) {
+        Ok(caller) => caller,
+        Err(error) => return admin_import_error(&state, &kind, error.message),
+    };
+    let request = proto::identity::ImportFileRequest { caller, file };
+    let reply = if kind == "agencies" {
+        identity(&state).import_agencies(request).await
+    } else {
+        identity(&state).import_registry(request).await
+    };
+    match reply {
+        Ok(report) => state.pages.render(
+            "admin_import.html",
+            context! { section => "admin", kind => kind,
+            report => Value::from(Serde(crate::keys::ImportView::from(report.into_inner()))) },
+        ),
+        Err(status) => admin_import_error(&state, &kind, ApiError::from(status).message),
+    }
+}
+
+fn admin_import_error(state: &AppState, kind: &str, message: String) -> Response {
+    state.pages.render("admin_import.html", context! { section => "admin", kind => kind, message => message })
 }
