@@ -6,6 +6,12 @@ set -euo pipefail
 binary=${PENSION_BIN:?PENSION_BIN names the pension binary}
 http_port=8080
 mkdir -p .run
+# A development admin token for the registry import page and API, made once and kept beside the logs.
+if [ ! -s .run/admin-token ]; then
+  head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' > .run/admin-token
+  chmod 600 .run/admin-token
+fi
+export PENSION__GATEWAY__ADMIN_TOKEN="$(cat .run/admin-token)"
 "$binary" all > >(tee .run/pension.log) 2>&1 &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid' INT TERM
@@ -28,12 +34,13 @@ cat <<MSG
 
   The platform is running (all services in one process; logs in .run/pension.log).
 
-    Status page      http://127.0.0.1:$http_port/
+    Home page        http://127.0.0.1:$http_port/
     Readiness        http://127.0.0.1:$http_port/readyz
     Platform status  http://127.0.0.1:$http_port/api/status
     OpenAPI          http://127.0.0.1:$http_port/api/openapi.json
     Metrics          http://127.0.0.1:$http_port/metrics
     Key application  http://127.0.0.1:$http_port/keys/apply  (try 双鸭山市财政局, 机关)
+    Registry import  http://127.0.0.1:$http_port/admin/registry  (admin token: $PENSION__GATEWAY__ADMIN_TOKEN)
     Operator gRPC    127.0.0.1:50051  (grpcurl -plaintext 127.0.0.1:50051 list)
 
   Press Ctrl-C to stop.
