@@ -88,7 +88,7 @@ pub struct ApplicationView {
     pub applicant_name: String,
     pub applicant_id_number_masked: String,
     pub state: String,
-    pub state_label: &'static str,
+    pub state_label: String,
     pub applied_at: String,
     pub updated_at: String,
 }
@@ -100,20 +100,10 @@ pub fn rfc3339(timestamp: Option<prost_types::Timestamp>) -> String {
         .unwrap_or_default()
 }
 
-pub fn state_label(state: &str) -> &'static str {
-    match state {
-        "applied" => "新申请",
-        "made" => "已制作",
-        "withdrawn" => "已撤回",
-        "revoked" => "已吊销",
-        _ => "未知",
-    }
-}
-
 impl From<KeyApplication> for ApplicationView {
     fn from(application: KeyApplication) -> Self {
         Self {
-            state_label: state_label(&application.state),
+            state_label: application.state_label,
             applied_at: rfc3339(application.applied_at),
             updated_at: rfc3339(application.updated_at),
             application_id: application.application_id,
@@ -142,7 +132,7 @@ pub struct VerifyView {
 pub struct KeyView {
     pub application_id: String,
     pub state: String,
-    pub state_label: &'static str,
+    pub state_label: String,
     pub applied_at: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub made_at: String,
@@ -167,7 +157,7 @@ impl From<VerifyUnitNameReply> for VerifyView {
                 .keys
                 .into_iter()
                 .map(|key| KeyView {
-                    state_label: state_label(&key.state),
+                    state_label: key.state_label,
                     application_id: key.application_id,
                     state: key.state,
                     applied_at: rfc3339(key.applied_at),
@@ -331,6 +321,28 @@ impl From<ImportReport> for ImportView {
     }
 }
 
+/// What an import loads.
+#[derive(Debug, Clone, Copy)]
+pub enum ImportKind {
+    Registry,
+    Agencies,
+}
+
+/// Calls identity's import of `kind` with `file`.
+pub async fn import(
+    state: &AppState,
+    kind: ImportKind,
+    caller: Option<Caller>,
+    file: Vec<u8>,
+) -> Result<ImportView, ApiError> {
+    let request = ImportFileRequest { caller, file };
+    let reply = match kind {
+        ImportKind::Registry => identity(state).import_registry(request).await?,
+        ImportKind::Agencies => identity(state).import_agencies(request).await?,
+    };
+    Ok(reply.into_inner().into())
+}
+
 /// `importRegistry`: the raw CSV or xlsx file as the body.
 pub async fn import_registry(
     State(state): State<AppState>,
@@ -339,8 +351,7 @@ pub async fn import_registry(
     file: Bytes,
 ) -> Result<Json<ImportView>, ApiError> {
     let caller = admin_caller(&state, &headers, remote)?;
-    let report = identity(&state).import_registry(ImportFileRequest { caller, file: file.to_vec() }).await?;
-    Ok(Json(report.into_inner().into()))
+    import(&state, ImportKind::Registry, caller, file.to_vec()).await.map(Json)
 }
 
 /// `importAgencies`: the raw CSV or xlsx file as the body.
@@ -351,6 +362,5 @@ pub async fn import_agencies(
     file: Bytes,
 ) -> Result<Json<ImportView>, ApiError> {
     let caller = admin_caller(&state, &headers, remote)?;
-    let report = identity(&state).import_agencies(ImportFileRequest { caller, file: file.to_vec() }).await?;
-    Ok(Json(report.into_inner().into()))
+    import(&state, ImportKind::Agencies, caller, file.to_vec()).await.map(Json)
 }

@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::keys::{ApplicationView, VerifyView, identity, public_caller};
+use crate::keys::{ApplicationView, ImportKind, VerifyView, identity, public_caller};
 
 /// The page templates, compiled once at start-up.
 #[derive(Debug)]
@@ -378,19 +378,13 @@ async fn admin_import_submit(
         Ok(caller) => caller,
         Err(error) => return admin_import_error(&state, &kind, error.message),
     };
-    let request = proto::identity::ImportFileRequest { caller, file };
-    let reply = if kind == "agencies" {
-        identity(&state).import_agencies(request).await
-    } else {
-        identity(&state).import_registry(request).await
-    };
-    match reply {
+    let import_kind = if kind == "agencies" { ImportKind::Agencies } else { ImportKind::Registry };
+    match crate::keys::import(&state, import_kind, caller, file).await {
         Ok(report) => state.pages.render(
             "admin_import.html",
-            context! { section => "admin", kind => kind,
-            report => Value::from(Serde(crate::keys::ImportView::from(report.into_inner()))) },
+            context! { section => "admin", kind => kind, report => Value::from(Serde(report)) },
         ),
-        Err(status) => admin_import_error(&state, &kind, ApiError::from(status).message),
+        Err(error) => admin_import_error(&state, &kind, error.message),
     }
 }
 

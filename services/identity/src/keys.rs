@@ -86,6 +86,7 @@ impl ApplicationRow {
             unit_name: self.unit_name,
             applicant_name: self.applicant_name,
             applicant_id_number_masked: self.applicant_id_number_masked,
+            state_label: state_label(&self.state).to_owned(),
             state: self.state,
             applied_at: Some(timestamp(self.applied_at)),
             updated_at: Some(timestamp(self.updated_at)),
@@ -133,6 +134,7 @@ impl Keys {
             .into_iter()
             .map(|(application_id, state, applied_at, made_at)| KeySummary {
                 application_id,
+                state_label: state_label(&state).to_owned(),
                 state,
                 applied_at: Some(timestamp(applied_at)),
                 made_at: made_at.map(timestamp),
