@@ -51,6 +51,9 @@ async fn import_registry_needs_the_admin_token_and_reports_bad_rows() {
     post(&platform, "/api/agencies/import", AGENCIES_CSV.into(), Some(ADMIN_TOKEN)).await;
     let (status, report) = post(&platform, "/api/registry/import", REGISTRY_CSV.into(), Some(ADMIN_TOKEN)).await;
 
+    let oversized = vec![b'x'; 2 * 1024 * 1024];
+    let (too_large, refusal) = post(&platform, "/api/registry/import", oversized, Some(ADMIN_TOKEN)).await;
+    assert_eq!((too_large, refusal["code"].as_str()), (413, Some("file_too_large")), "{refusal}");
     assert_eq!(no_token, 401);
     assert_eq!((wrong_token, body["code"].as_str()), (401, Some("unauthenticated")));
     assert_eq!(status, 200);

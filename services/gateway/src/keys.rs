@@ -335,6 +335,18 @@ pub async fn import(
     caller: Option<Caller>,
     file: Vec<u8>,
 ) -> Result<ImportView, ApiError> {
+    // The file travels to identity in one NATS message; say so plainly rather than fail in the transport.
+    let limit = state.platform.nats.server_info().max_payload.saturating_sub(64 * 1024);
+    if file.len() > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "file_too_large",
+            format!("文件过大（{} KB，上限约 {} KB），请拆分为多个文件分批导入", file.len() / 1024, limit / 1024),
+        ));
+    }
+    if file.is_empty() {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "empty_file", "文件为空"));
+    }
     let request = ImportFileRequest { caller, file };
     let reply = match kind {
         ImportKind::Registry => identity(state).import_registry(request).await?,
