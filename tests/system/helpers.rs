@@ -16,6 +16,7 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 /// The platform running inside the test process.
 pub struct TestPlatform {
+    pub platform: Platform,
     pub http_port: u16,
     pub grpc_port: u16,
     pub shutdown: CancellationToken,
@@ -27,6 +28,8 @@ pub struct TestPlatform {
 /// `database_admin_url`, in the NATS namespace and Redis prefix of `nats` and `redis`.
 pub async fn spawn_platform(database_admin_url: &str, nats: NatsConfig, redis: RedisConfig) -> TestPlatform {
     let platform = Platform::connect_with(&nats, "system-test", Readiness::default()).await.expect("nats");
+    platform.wait_connected(Duration::from_secs(10)).await.expect("nats connected");
+    kit::testing::sweep_stale_test_streams(&async_nats::jetstream::new(platform.nats.clone())).await;
     let mut databases = Vec::new();
     let mut service_config = async || {
         let database = TestDatabase::create_on(database_admin_url).await;
@@ -54,7 +57,7 @@ pub async fn spawn_platform(database_admin_url: &str, nats: NatsConfig, redis: R
     let (http_port, grpc_port) = (all.http_port(), all.grpc_port());
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(all.run(shutdown.clone()));
-    TestPlatform { http_port, grpc_port, shutdown, task, _databases: databases }
+    TestPlatform { platform, http_port, grpc_port, shutdown, task, _databases: databases }
 }
 
 impl TestPlatform {
@@ -70,6 +73,8 @@ impl TestPlatform {
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.task.await.expect("platform task").expect("platform stops cleanly");
+        let jetstream = async_nats::jetstream::new(self.platform.nats.clone());
+        kit::testing::remove_streams(&jetstream, self.platform.namespace.as_str()).await;
     }
 }
 

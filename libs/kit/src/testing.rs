@@ -50,6 +50,19 @@ pub async fn remove_streams(jetstream: &async_nats::jetstream::Context, namespac
     }
 }
 
+/// Deletes test streams (namespace `t_…`) created more than 30 minutes ago, left by tests that ended before cleaning
+/// up. No test runs that long, so streams of tests running now are never touched.
+pub async fn sweep_stale_test_streams(jetstream: &async_nats::jetstream::Context) {
+    use futures::TryStreamExt;
+    let cutoff = time::OffsetDateTime::now_utc() - std::time::Duration::from_secs(30 * 60);
+    let Ok(streams) = jetstream.streams().try_collect::<Vec<_>>().await else { return };
+    for info in streams {
+        if info.config.name.starts_with("T_") && info.created < cutoff {
+            let _ = jetstream.delete_stream(&info.config.name).await;
+        }
+    }
+}
+
 /// A database of the test's own on the shared server, dropped when the value is dropped.
 #[derive(Debug)]
 pub struct TestDatabase {

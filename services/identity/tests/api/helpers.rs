@@ -29,6 +29,8 @@ impl Drop for TestIdentity {
 pub async fn spawn_identity() -> TestIdentity {
     let database = TestDatabase::create().await;
     let platform = Platform::connect_with(&isolated_nats(), "identity-test", Readiness::default()).await.expect("nats");
+    platform.wait_connected(Duration::from_secs(10)).await.expect("nats connected");
+    kit::testing::sweep_stale_test_streams(&async_nats::jetstream::new(platform.nats.clone())).await;
     let config = identity::Config {
         service: ServiceConfig {
             database: database.config(),
