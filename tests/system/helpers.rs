@@ -27,6 +27,16 @@ pub struct TestPlatform {
 /// Builds every service and the gateway on port 0, each service with a database of its own on the server of
 /// `database_admin_url`, in the NATS namespace and Redis prefix of `nats` and `redis`.
 pub async fn spawn_platform(database_admin_url: &str, nats: NatsConfig, redis: RedisConfig) -> TestPlatform {
+    spawn_platform_limited(database_admin_url, nats, redis, gateway::Config::default().public_writes_per_minute).await
+}
+
+/// As [`spawn_platform`], with `public_writes_per_minute` public state-changing calls allowed per address.
+pub async fn spawn_platform_limited(
+    database_admin_url: &str,
+    nats: NatsConfig,
+    redis: RedisConfig,
+    public_writes_per_minute: u32,
+) -> TestPlatform {
     let platform = Platform::connect_with(&nats, "system-test", Readiness::default()).await.expect("nats");
     platform.wait_connected(Duration::from_secs(10)).await.expect("nats connected");
     kit::testing::sweep_stale_test_streams(&async_nats::jetstream::new(platform.nats.clone())).await;
@@ -50,6 +60,7 @@ pub async fn spawn_platform(database_admin_url: &str, nats: NatsConfig, redis: R
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_token: Some(ADMIN_TOKEN.into()),
+            public_writes_per_minute,
         },
         redis,
     };

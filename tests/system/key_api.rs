@@ -7,7 +7,7 @@ use kit::testing::{isolated_nats, shared_database_url, shared_redis_url};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use crate::helpers::{ADMIN_TOKEN, TestPlatform, get_json, spawn_platform};
+use crate::helpers::{ADMIN_TOKEN, TestPlatform, get_json};
 
 pub const AGENCIES_CSV: &str = "经办机构编码,经办机构名称,所属行政区划\n230500,双鸭山市社会保险事业中心,230500\n";
 pub const REGISTRY_CSV: &str = "单位名称,机构编码,统一社会信用代码,单位类型,所属行政区划,所属经办机构\n\
@@ -16,13 +16,17 @@ pub const REGISTRY_CSV: &str = "单位名称,机构编码,统一社会信用代�
 坏行,230500003,123,机关,230500,230500\n";
 
 pub async fn spawn_isolated_platform() -> TestPlatform {
+    spawn_isolated_platform_limited(gateway::Config::default().public_writes_per_minute).await
+}
+
+async fn spawn_isolated_platform_limited(public_writes_per_minute: u32) -> TestPlatform {
     let nats: NatsConfig = isolated_nats();
     let redis = RedisConfig {
         url: SecretString::from(shared_redis_url()),
         key_prefix: format!("{}:", nats.namespace),
         ..RedisConfig::default()
     };
-    spawn_platform(&shared_database_url(), nats, redis).await
+    crate::helpers::spawn_platform_limited(&shared_database_url(), nats, redis, public_writes_per_minute).await
 }
 
 pub async fn post(platform: &TestPlatform, path: &str, body: Vec<u8>, token: Option<&str>) -> (u16, Value) {
@@ -174,5 +178,36 @@ async fn the_openapi_document_names_every_operation() {
     ] {
         assert!(operations.contains(&expected), "{expected} in {operations:?}");
     }
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn guessing_id_numbers_against_an_application_is_rate_limited() {
+    let platform = spawn_isolated_platform_limited(3).await;
+    load_registry(&platform).await;
+    let application = json!({
+        "unit_type": "机关", "unit_name": "双鸭山市财政局", "applicant_name": "张伟",
+        "applicant_id_number": "230502198001011238", "phone": "13804691234", "password": "Secret2026"
+    });
+    let (_, applied) = post(&platform, "/api/key-applications", application.to_string().into(), None).await;
+    let path = format!("/api/key-applications/{}/withdraw", applied["application_id"].as_str().expect("id"));
+    let guess = json!({"applicant_id_number": "230502199002152344"}).to_string();
+
+    // The allowance is counted per minute of the clock: start well inside a minute so all four calls share one.
+    let second = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() % 60;
+    if second > 50 {
+        tokio::time::sleep(std::time::Duration::from_secs(61 - second)).await;
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(post(&platform, &path, guess.clone().into(), None).await.0);
+    }
+    let response = reqwest::Client::new().post(platform.url(&path)).body(guess).send().await.expect("answer");
+    let retry_after = response.headers().get("retry-after").and_then(|value| value.to_str().ok()).map(str::to_owned);
+    let (status, body): (u16, serde_json::Value) = (response.status().as_u16(), response.json().await.expect("json"));
+
+    assert_eq!(statuses, [404, 404, 404], "three guesses are answered (applying has an allowance of its own)");
+    assert_eq!((status, body["code"].as_str()), (429, Some("rate_limited")));
+    assert!(retry_after.is_some_and(|seconds| seconds.parse::<u64>().is_ok_and(|s| s <= 60)));
     platform.stop().await;
 }

@@ -27,11 +27,21 @@ pub struct ApiError {
     pub field: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// Seconds to wait before retrying, sent as `Retry-After`.
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        Self { status, code: code.to_owned(), message: message.into(), field: None, errors: Vec::new() }
+        Self {
+            status,
+            code: code.to_owned(),
+            message: message.into(),
+            field: None,
+            errors: Vec::new(),
+            retry_after: None,
+        }
     }
 
     /// The body was not the JSON the operation takes.
@@ -70,16 +80,17 @@ impl From<Status> for ApiError {
             _ => status.message().to_owned(),
         };
         let field = errors.first().map(|error| error.field.clone());
-        Self { status: http, code, message, field, errors }
+        Self { status: http, code, message, field, errors, retry_after: None }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status;
+        let retry_after = self.retry_after.or((status == StatusCode::SERVICE_UNAVAILABLE).then_some(5));
         let mut response = (status, Json(self)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -217,6 +217,7 @@ pub async fn apply_for_key(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let body: ApplyBody = parse(&body)?;
+    crate::limits::public_write(&state, "apply", remote.ip()).await?;
     let request = ApplyForKeyRequest {
         caller: public_caller(remote),
         category: body.category,
@@ -255,6 +256,7 @@ pub async fn withdraw_key_application(
     body: Bytes,
 ) -> Result<Json<ApplicationView>, ApiError> {
     let body: WithdrawBody = parse(&body)?;
+    crate::limits::public_write(&state, "application", remote.ip()).await?;
     let request = WithdrawKeyApplicationRequest {
         caller: public_caller(remote),
         application_id,
@@ -279,6 +281,7 @@ pub async fn change_key_password(
     body: Bytes,
 ) -> Result<Json<ApplicationView>, ApiError> {
     let body: PasswordBody = parse(&body)?;
+    crate::limits::public_write(&state, "application", remote.ip()).await?;
     let request = ChangeKeyPasswordRequest {
         caller: public_caller(remote),
         application_id,

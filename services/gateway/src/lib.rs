@@ -9,6 +9,7 @@ mod api;
 mod bridge;
 mod error;
 mod keys;
+mod limits;
 mod pages;
 
 use std::net::SocketAddr;
@@ -34,6 +35,9 @@ pub struct Config {
     /// The province admin's bootstrap credential for loading the registry until accounts exist (`Authorization:
     /// Bearer …`). Unset: the admin operations are refused.
     pub admin_token: Option<SecretString>,
+    /// Public state-changing calls (apply, withdraw, change password) allowed per client address and minute;
+    /// 0 turns the limit off.
+    pub public_writes_per_minute: u32,
 }
 
 impl Default for Config {
@@ -42,6 +46,7 @@ impl Default for Config {
             http_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             admin_token: None,
+            public_writes_per_minute: 20,
         }
     }
 }
@@ -52,6 +57,7 @@ pub struct AppState {
     pub platform: Platform,
     pub redis: Redis,
     pub admin_token: Option<SecretString>,
+    pub public_writes_per_minute: u32,
     pub pages: std::sync::Arc<pages::Pages>,
 }
 
@@ -90,6 +96,7 @@ pub async fn build(config: &Config, platform: &Platform, redis: Redis) -> anyhow
         platform: platform.clone(),
         redis,
         admin_token: config.admin_token.clone(),
+        public_writes_per_minute: config.public_writes_per_minute,
         pages: std::sync::Arc::new(pages::Pages::new()),
     };
     Ok(App { state, http_listener, grpc_listener })

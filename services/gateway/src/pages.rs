@@ -171,7 +171,9 @@ async fn apply_submit(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Form(form): Form<ApplicantForm>,
 ) -> Response {
-    let result = if form.password != form.password_confirm {
+    let result = if let Err(error) = crate::limits::public_write(&state, "apply", remote.ip()).await {
+        Err(error)
+    } else if form.password != form.password_confirm {
         Err(ApiError {
             errors: vec![crate::error::FieldError {
                 field: "password_confirm".into(),
@@ -287,6 +289,9 @@ async fn withdraw_submit(
         let errors = BTreeMap::from([("confirm".to_owned(), "请勾选确认后再撤回".to_owned())]);
         return withdraw_page(&state, &form, errors, String::new());
     }
+    if let Err(error) = crate::limits::public_write(&state, "application", remote.ip()).await {
+        return withdraw_page(&state, &form, BTreeMap::new(), error.message);
+    }
     let request = WithdrawKeyApplicationRequest {
         caller: public_caller(remote),
         application_id: form.application_id.trim().to_owned(),
@@ -327,6 +332,9 @@ async fn password_submit(
     if form.new_password != form.password_confirm {
         let errors = BTreeMap::from([("password_confirm".to_owned(), "两次输入的新登录密码不一致".to_owned())]);
         return password_page(&state, &form, errors, String::new());
+    }
+    if let Err(error) = crate::limits::public_write(&state, "application", remote.ip()).await {
+        return password_page(&state, &form, BTreeMap::new(), error.message);
     }
     let request = ChangeKeyPasswordRequest {
         caller: public_caller(remote),
