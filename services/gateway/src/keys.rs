@@ -192,22 +192,38 @@ pub async fn verify_unit_name(State(state): State<AppState>, body: Bytes) -> Res
     Ok(Json(reply.into()))
 }
 
-#[derive(Debug, Deserialize)]
-struct ApplyBody {
+/// The fields of a key application, as the JSON API and the page's form both send them.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ApplyBody {
     #[serde(default)]
-    category: String,
+    pub category: String,
     #[serde(default)]
-    unit_type: String,
+    pub unit_type: String,
     #[serde(default)]
-    unit_name: String,
+    pub unit_name: String,
     #[serde(default)]
-    applicant_name: String,
+    pub applicant_name: String,
     #[serde(default)]
-    applicant_id_number: String,
+    pub applicant_id_number: String,
     #[serde(default)]
-    phone: String,
+    pub phone: String,
     #[serde(default)]
-    password: String,
+    pub password: String,
+}
+
+impl ApplyBody {
+    pub fn into_request(self, caller: Option<Caller>) -> ApplyForKeyRequest {
+        ApplyForKeyRequest {
+            caller,
+            category: self.category,
+            unit_type: unit_type_label(&self.unit_type),
+            unit_name: self.unit_name,
+            applicant_name: self.applicant_name,
+            applicant_id_number: self.applicant_id_number,
+            phone: self.phone,
+            password: self.password,
+        }
+    }
 }
 
 /// `applyForKey`: 201 with the application id and the username.
@@ -218,17 +234,7 @@ pub async fn apply_for_key(
 ) -> Result<Response, ApiError> {
     let body: ApplyBody = parse(&body)?;
     crate::limits::public_write(&state, "apply", remote.ip()).await?;
-    let request = ApplyForKeyRequest {
-        caller: public_caller(remote),
-        category: body.category,
-        unit_type: unit_type_label(&body.unit_type),
-        unit_name: body.unit_name,
-        applicant_name: body.applicant_name,
-        applicant_id_number: body.applicant_id_number,
-        phone: body.phone,
-        password: body.password,
-    };
-    let application = identity(&state).apply_for_key(request).await?.into_inner();
+    let application = identity(&state).apply_for_key(body.into_request(public_caller(remote))).await?.into_inner();
     Ok((StatusCode::CREATED, Json(ApplicationView::from(application))).into_response())
 }
 

@@ -13,8 +13,7 @@ use axum::routing::get;
 use minijinja::value::Serde;
 use minijinja::{Environment, Value, context};
 use proto::identity::{
-    ApplyForKeyRequest, ChangeKeyPasswordRequest, GetKeyApplicationRequest, VerifyUnitNameRequest,
-    WithdrawKeyApplicationRequest,
+    ChangeKeyPasswordRequest, GetKeyApplicationRequest, VerifyUnitNameRequest, WithdrawKeyApplicationRequest,
 };
 use serde::Deserialize;
 
@@ -146,22 +145,11 @@ async fn apply_verify(State(state): State<AppState>, Form(form): Form<UnitForm>)
     }
 }
 
+/// The applicant step's form: the application itself plus the password typed a second time.
 #[derive(Debug, Default, Deserialize)]
 struct ApplicantForm {
-    #[serde(default)]
-    category: String,
-    #[serde(default)]
-    unit_type: String,
-    #[serde(default)]
-    unit_name: String,
-    #[serde(default)]
-    applicant_name: String,
-    #[serde(default)]
-    applicant_id_number: String,
-    #[serde(default)]
-    phone: String,
-    #[serde(default)]
-    password: String,
+    #[serde(flatten)]
+    application: crate::keys::ApplyBody,
     #[serde(default)]
     password_confirm: String,
 }
@@ -173,7 +161,7 @@ async fn apply_submit(
 ) -> Response {
     let result = if let Err(error) = crate::limits::public_write(&state, "apply", remote.ip()).await {
         Err(error)
-    } else if form.password != form.password_confirm {
+    } else if form.application.password != form.password_confirm {
         Err(ApiError {
             errors: vec![crate::error::FieldError {
                 field: "password_confirm".into(),
@@ -183,16 +171,7 @@ async fn apply_submit(
             ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "password_mismatch", "两次输入的登录密码不一致")
         })
     } else {
-        let request = ApplyForKeyRequest {
-            caller: public_caller(remote),
-            category: form.category.clone(),
-            unit_type: form.unit_type.clone(),
-            unit_name: form.unit_name.clone(),
-            applicant_name: form.applicant_name.clone(),
-            applicant_id_number: form.applicant_id_number.clone(),
-            phone: form.phone.clone(),
-            password: form.password.clone(),
-        };
+        let request = form.application.clone().into_request(public_caller(remote));
         identity(&state).apply_for_key(request).await.map(|reply| reply.into_inner()).map_err(ApiError::from)
     };
     match result {
@@ -203,20 +182,20 @@ async fn apply_submit(
         ),
         Err(error) => {
             // Re-verify so the page shows the unit and its keys again beside the messages.
-            let verify = VerifyUnitNameRequest { unit_type: form.unit_type.clone(), unit_name: form.unit_name.clone() };
+            let verify = VerifyUnitNameRequest { unit_type: form.application.unit_type.clone(), unit_name: form.application.unit_name.clone() };
             let view = identity(&state).verify_unit_name(verify).await.ok().map(|reply| VerifyView::from(reply.into_inner()));
             let (errors, message) = page_errors(&error);
             match view.filter(|view| view.matched) {
                 Some(view) => state.pages.render(
                     "apply_applicant.html",
-                    context! { section => "keys", category => form.category, unit_type => form.unit_type,
+                    context! { section => "keys", category => form.application.category, unit_type => form.application.unit_type,
                                unit => Value::from(Serde(&view.unit)), keys => Value::from(Serde(&view.keys)), errors => errors, message => message,
-                               applicant_name => form.applicant_name, applicant_id_number => form.applicant_id_number,
-                               phone => form.phone },
+                               applicant_name => form.application.applicant_name, applicant_id_number => form.application.applicant_id_number,
+                               phone => form.application.phone },
                 ),
                 None => state.pages.render(
                     "apply_unit.html",
-                    context! { section => "keys", unit_type => form.unit_type, unit_name => form.unit_name,
+                    context! { section => "keys", unit_type => form.application.unit_type, unit_name => form.application.unit_name,
                                errors => errors, message => message },
                 ),
             }
