@@ -144,10 +144,7 @@ impl Keys {
 
     /// Stores a new application with its assigned id and username, its event and its audit record.
     pub async fn apply(&self, actor: &Actor, application: NewApplication) -> Result<KeyApplication, Status> {
-        let password_hash = self.passwords.hash(application.password).await.map_err(|error| {
-            tracing::error!(%error, "cannot hash a password");
-            Status::internal("internal error")
-        })?;
+        let password_hash = self.hash_password(application.password).await?;
         let id_hmac = self.id_numbers.digest(&application.applicant_id);
         let mut transaction = self.pool.begin().await.map_err(kit::db::status)?;
         let number: i64 = sqlx::query_scalar("select nextval('key_application_number')")
@@ -188,23 +185,16 @@ impl Keys {
             }
             Err(error) => return Err(kit::db::status(error)),
         }
-        let event_id = kit::outbox::new_event_id();
-        let event = KeyApplied {
-            meta: meta(event_id, actor),
-            application_id: application_id.clone(),
-            institution_code: application.institution_code.clone(),
-            username: username.clone(),
+        let event = |meta| {
+            KeyApplied {
+                meta,
+                application_id: application_id.clone(),
+                institution_code: application.institution_code.clone(),
+                username: username.clone(),
+            }
+            .encode_to_vec()
         };
-        self.finish(
-            &mut transaction,
-            actor,
-            "key_application.apply",
-            &application_id,
-            event_id,
-            "key_applied",
-            event.encode_to_vec(),
-        )
-        .await?;
+        self.finish(&mut transaction, actor, "key_application.apply", &application_id, "key_applied", event).await?;
         transaction.commit().await.map_err(kit::db::status)?;
         self.get(&application_id).await
     }
@@ -243,30 +233,23 @@ impl Keys {
                 format!("只有新申请且尚未制作密钥的申请可以撤回，此申请的状态为“{}”", state_label(&row.state)),
             );
             drop(transaction);
-            self.audit_refusal(actor, "key_application.withdraw", application_id, &status).await;
-            return Err(status);
+            return Err(self.refused(actor, "key_application.withdraw", application_id, status).await);
         }
         sqlx::query("update key_applications set state = 'withdrawn', updated_at = now() where application_id = $1")
             .bind(&row.application_id)
             .execute(&mut *transaction)
             .await
             .map_err(kit::db::status)?;
-        let event_id = kit::outbox::new_event_id();
-        let event = KeyApplicationWithdrawn {
-            meta: meta(event_id, actor),
-            application_id: row.application_id.clone(),
-            institution_code: row.institution_code.clone(),
+        let event = |meta| {
+            KeyApplicationWithdrawn {
+                meta,
+                application_id: row.application_id.clone(),
+                institution_code: row.institution_code.clone(),
+            }
+            .encode_to_vec()
         };
-        self.finish(
-            &mut transaction,
-            actor,
-            "key_application.withdraw",
-            &row.application_id,
-            event_id,
-            "key_application_withdrawn",
-            event.encode_to_vec(),
-        )
-        .await?;
+        let action = "key_application.withdraw";
+        self.finish(&mut transaction, actor, action, &row.application_id, "key_application_withdrawn", event).await?;
         transaction.commit().await.map_err(kit::db::status)?;
         self.get(&row.application_id).await
     }
@@ -279,10 +262,7 @@ impl Keys {
         applicant_id: &IdNumber,
         new_password: SecretString,
     ) -> Result<KeyApplication, Status> {
-        let password_hash = self.passwords.hash(new_password).await.map_err(|error| {
-            tracing::error!(%error, "cannot hash a password");
-            Status::internal("internal error")
-        })?;
+        let password_hash = self.hash_password(new_password).await?;
         let mut transaction = self.pool.begin().await.map_err(kit::db::status)?;
         let row = self
             .lock_for_change(&mut transaction, actor, "key_application.change_password", application_id, applicant_id)
@@ -294,8 +274,7 @@ impl Keys {
                 format!("此申请的状态为“{}”，不能修改登录密码", state_label(&row.state)),
             );
             drop(transaction);
-            self.audit_refusal(actor, "key_application.change_password", application_id, &status).await;
-            return Err(status);
+            return Err(self.refused(actor, "key_application.change_password", application_id, status).await);
         }
         sqlx::query("update key_applications set password_hash = $2, updated_at = now() where application_id = $1")
             .bind(&row.application_id)
@@ -303,22 +282,16 @@ impl Keys {
             .execute(&mut *transaction)
             .await
             .map_err(kit::db::status)?;
-        let event_id = kit::outbox::new_event_id();
-        let event = KeyPasswordChanged {
-            meta: meta(event_id, actor),
-            application_id: row.application_id.clone(),
-            institution_code: row.institution_code.clone(),
+        let event = |meta| {
+            KeyPasswordChanged {
+                meta,
+                application_id: row.application_id.clone(),
+                institution_code: row.institution_code.clone(),
+            }
+            .encode_to_vec()
         };
-        self.finish(
-            &mut transaction,
-            actor,
-            "key_application.change_password",
-            &row.application_id,
-            event_id,
-            "key_password_changed",
-            event.encode_to_vec(),
-        )
-        .await?;
+        let action = "key_application.change_password";
+        self.finish(&mut transaction, actor, action, &row.application_id, "key_password_changed", event).await?;
         transaction.commit().await.map_err(kit::db::status)?;
         self.get(&row.application_id).await
     }
@@ -343,32 +316,45 @@ impl Keys {
             _ => {
                 let status =
                     refuse(Code::NotFound, "application_not_found", "申请编号与申请人身份证号码不匹配，请核对后重试");
-                self.audit_refusal(actor, action, application_id, &status).await;
-                Err(status)
+                Err(self.refused(actor, action, application_id, status).await)
             }
         }
     }
 
-    /// Writes the event to the outbox and the audit record, in the change's transaction.
-    #[allow(clippy::too_many_arguments)]
+    /// Writes the event (built by `event` from its metadata) to the outbox and the audit record, in the change's
+    /// transaction.
     async fn finish(
         &self,
         transaction: &mut PgConnection,
         actor: &Actor,
         action: &str,
         application_id: &str,
-        event_id: uuid::Uuid,
-        event: &str,
-        payload: Vec<u8>,
+        event_name: &str,
+        event: impl FnOnce(Option<EventMeta>) -> Vec<u8>,
     ) -> Result<(), Status> {
-        kit::outbox::enqueue(&mut *transaction, event_id, &self.namespace.event_subject("identity", event), &payload)
-            .await
-            .map_err(kit::db::status)?;
+        let event_id = kit::outbox::new_event_id();
+        let payload = event(meta(event_id, actor));
+        let subject = self.namespace.event_subject("identity", event_name);
+        kit::outbox::enqueue(&mut *transaction, event_id, &subject, &payload).await.map_err(kit::db::status)?;
         let object = format!("key_application:{application_id}");
         let record =
             audit::Record { actor, action, object: &object, outcome: Outcome::Success, detail: serde_json::json!({}) };
         audit::append(transaction, &record).await.map_err(kit::db::status)?;
         Ok(())
+    }
+
+    /// Hashes a new login password; a failure there is ours, not the caller's.
+    async fn hash_password(&self, password: SecretString) -> Result<String, Status> {
+        self.passwords.hash(password).await.map_err(|error| {
+            tracing::error!(%error, "cannot hash a password");
+            Status::internal("internal error")
+        })
+    }
+
+    /// Audits a refusal and hands back the status to return.
+    async fn refused(&self, actor: &Actor, action: &str, application_id: &str, status: Status) -> Status {
+        self.audit_refusal(actor, action, application_id, &status).await;
+        status
     }
 
     /// Records a refusal on its own (nothing else is written for it).
