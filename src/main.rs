@@ -103,7 +103,8 @@ enum ImportKind {
 /// acts as the province admin; the import is audited under the operating-system user's name.
 async fn import(process: Process, kind: ImportKind, file: PathBuf) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    use proto::identity::{Caller, ImportFileRequest, identity_client::IdentityClient};
+    use proto::common::Caller;
+    use proto::identity::{ImportFileRequest, identity_client::IdentityClient};
 
     let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
     let platform = Platform::connect(&process, "pension-cli").await?;

@@ -52,7 +52,7 @@ pub async fn spawn_platform_limited(
         config
     };
     let config = AllInOneConfig {
-        identity: identity::Config { service: service_config().await, id_number_key: None },
+        identity: identity::Config { service: service_config().await, ..identity::Config::default() },
         units: service_config().await,
         personnel: service_config().await,
         printing: service_config().await,

@@ -210,7 +210,11 @@ pub struct ServiceApp<S> {
     grpc_listener: TcpListener,
     admin: Option<(TcpListener, Readiness)>,
     descriptor_sets: Vec<&'static [u8]>,
+    background: Vec<BackgroundTask>,
 }
+
+/// Work a service runs beside its servers (event consumers), started with them and stopped by the same shutdown.
+type BackgroundTask = Box<dyn FnOnce(CancellationToken) -> futures::future::BoxFuture<'static, ()> + Send>;
 
 impl<S> std::fmt::Debug for ServiceApp<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -255,7 +259,17 @@ where
             )),
             None => None,
         };
-        Ok(Self { runtime, service, rpc_prefix, grpc_listener, admin, descriptor_sets })
+        Ok(Self { runtime, service, rpc_prefix, grpc_listener, admin, descriptor_sets, background: Vec::new() })
+    }
+
+    /// Adds work to run beside the servers until shutdown, such as an event consumer.
+    pub fn with_background<F, Fut>(mut self, task: F) -> Self
+    where
+        F: FnOnce(CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.background.push(Box::new(move |shutdown| Box::pin(task(shutdown))));
+        self
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -276,6 +290,7 @@ where
         let service_name = self.runtime.service;
         let relay_shutdown = CancellationToken::new();
         let relay = tokio::spawn(self.runtime.relay.clone().run(relay_shutdown.clone()));
+        let background: Vec<_> = self.background.into_iter().map(|task| tokio::spawn(task(shutdown.clone()))).collect();
         let admin = self.admin.map(|(listener, readiness)| {
             let router = crate::admin::router(readiness);
             tokio::spawn(crate::admin::serve_http(listener, router, shutdown.clone()))
@@ -292,6 +307,11 @@ where
         }
         .serve(self.grpc_listener, shutdown.clone());
         let (rpc, grpc) = tokio::join!(rpc, grpc);
+        for task in background {
+            if let Err(error) = task.await {
+                tracing::warn!(service = service_name, %error, "a background task failed");
+            }
+        }
         relay_shutdown.cancel();
         let relay_result = tokio::time::timeout(Duration::from_secs(10), relay).await;
         if let Some(admin) = admin {

@@ -8,9 +8,10 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use proto::common::Caller;
 use proto::identity::identity_client::IdentityClient;
 use proto::identity::{
-    ApplyForKeyRequest, Caller, ChangeKeyPasswordRequest, GetKeyApplicationRequest, ImportFileRequest, ImportReport,
+    ApplyForKeyRequest, ChangeKeyPasswordRequest, GetKeyApplicationRequest, ImportFileRequest, ImportReport,
     KeyApplication, VerifyUnitNameReply, VerifyUnitNameRequest, WithdrawKeyApplicationRequest,
 };
 use proto::names::Service;

@@ -4,9 +4,16 @@
 use kit::audit::Actor;
 use kit::service::Runtime;
 use kit::status::{Violation, invalid, refuse};
+use proto::common::Caller;
 use proto::identity::identity_server::Identity;
 use proto::identity::{
-    ApplyForKeyRequest, Caller, ChangeKeyPasswordRequest, GetKeyApplicationRequest, ImportFileRequest, ImportReport,
+    ActivateKeyRequest, CertificateInfo, CreateAccountRequest, CreatedAccount, GetTrustBundleRequest,
+    ImportLegacyKeysRequest, IssueCertificateRequest, IssuedCertificate, ListAccountsReply, ListAccountsRequest,
+    ListCertificatesReply, ListCertificatesRequest, ListKeyApplicationsReply, ListKeyApplicationsRequest, LoginReply,
+    LoginRequest, RenewCertificateRequest, RevokeCertificateRequest, TrustBundle,
+};
+use proto::identity::{
+    ApplyForKeyRequest, ChangeKeyPasswordRequest, GetKeyApplicationRequest, ImportFileRequest, ImportReport,
     KeyApplication, RegistryEntry, UpsertRegistryEntryRequest, VerifyUnitNameReply, VerifyUnitNameRequest,
     WithdrawKeyApplicationRequest,
 };
@@ -14,6 +21,9 @@ use proto::names::Namespace;
 use secrecy::SecretString;
 use tonic::{Code, Request, Response, Status};
 
+use crate::accounts::{Accounts, NewStaffAccount, STAFF_ROLES, check_username};
+use crate::ca::CertificateAuthority;
+use crate::certificates::Certificates;
 use crate::keys::{self, Keys, NewApplication, check_id_number, check_password, reject_if_any};
 use crate::registry;
 use crate::secrets::{IdNumberHasher, PasswordHasher};
@@ -22,17 +32,28 @@ use crate::secrets::{IdNumberHasher, PasswordHasher};
 pub struct IdentityApi {
     runtime: Runtime,
     keys: Keys,
+    accounts: Accounts,
 }
 
 impl IdentityApi {
-    pub fn new(runtime: Runtime, namespace: Namespace, id_number_key: SecretString) -> Self {
+    pub fn new(
+        runtime: Runtime,
+        namespace: Namespace,
+        id_number_key: SecretString,
+        ca: Option<CertificateAuthority>,
+    ) -> Self {
         let keys = Keys {
             pool: runtime.pool.clone(),
             namespace,
             passwords: PasswordHasher::new(),
             id_numbers: IdNumberHasher::new(id_number_key),
         };
-        Self { runtime, keys }
+        let certificates = Certificates { keys: keys.clone(), ca: ca.map(std::sync::Arc::new) };
+        Self { runtime, keys, accounts: Accounts { certificates } }
+    }
+
+    fn certificates(&self) -> &Certificates {
+        &self.accounts.certificates
     }
 }
 
@@ -47,14 +68,24 @@ fn actor(caller: Option<Caller>) -> Actor {
     }
 }
 
-/// Only the province admin loads or edits the registry.
+/// Only the province admin loads or edits the registry (and the platform's own command line, as "system").
 fn require_province_admin(actor: &Actor) -> Result<(), Status> {
-    if actor.role == "province_admin" {
+    require_role(actor, &["province_admin"], "只有省级管理员可以维护编制通数据")
+}
+
+/// Refuses callers whose role is not among `roles`; "system" (the command line on the platform's machine, which
+/// already holds the database and NATS credentials) may do anything.
+fn require_role(actor: &Actor, roles: &[&str], message: &str) -> Result<(), Status> {
+    if actor.role == "system" || roles.contains(&actor.role.as_str()) {
         Ok(())
     } else {
-        Err(refuse(Code::PermissionDenied, "forbidden", "只有省级管理员可以维护编制通数据"))
+        Err(refuse(Code::PermissionDenied, "forbidden", message))
     }
 }
+
+const CA_ROLES: [&str; 1] = ["ca_operator"];
+const CA_READERS: [&str; 2] = ["ca_operator", "province_admin"];
+const ACCOUNT_ADMINS: [&str; 2] = ["province_admin", "security_admin"];
 
 fn import_failed(error: crate::spreadsheet::TableError) -> Status {
     let code = match error {
@@ -251,6 +282,157 @@ impl Identity for IdentityApi {
             .change_password(&actor, &request.application_id, &applicant_id, SecretString::from(request.new_password))
             .await
             .map(Response::new)
+    }
+
+    async fn list_key_applications(
+        &self,
+        request: Request<ListKeyApplicationsRequest>,
+    ) -> Result<Response<ListKeyApplicationsReply>, Status> {
+        let request = request.into_inner();
+        require_role(&actor(request.caller), &CA_READERS, "只有CA操作员和省级管理员可以查看密钥申请")?;
+        let limit = crate::certificates::limit_or_default(request.limit);
+        let applications = self.keys.list(&request.state, limit).await?;
+        Ok(Response::new(ListKeyApplicationsReply { applications }))
+    }
+
+    async fn issue_certificate(
+        &self,
+        request: Request<IssueCertificateRequest>,
+    ) -> Result<Response<IssuedCertificate>, Status> {
+        let request = request.into_inner();
+        let actor = actor(request.caller);
+        require_role(&actor, &CA_ROLES, "只有CA操作员可以制作证书")?;
+        self.certificates()
+            .issue_for_application(&actor, &request.application_id, &request.csr_pem)
+            .await
+            .map(Response::new)
+    }
+
+    async fn renew_certificate(
+        &self,
+        request: Request<RenewCertificateRequest>,
+    ) -> Result<Response<IssuedCertificate>, Status> {
+        let request = request.into_inner();
+        let actor = actor(request.caller);
+        require_role(&actor, &CA_ROLES, "只有CA操作员可以更新证书")?;
+        self.certificates().renew(&actor, &request.serial, &request.csr_pem).await.map(Response::new)
+    }
+
+    async fn revoke_certificate(
+        &self,
+        request: Request<RevokeCertificateRequest>,
+    ) -> Result<Response<CertificateInfo>, Status> {
+        let request = request.into_inner();
+        let actor = actor(request.caller);
+        require_role(&actor, &CA_ROLES, "只有CA操作员可以吊销证书")?;
+        self.certificates().revoke(&actor, &request.serial, &request.reason).await.map(Response::new)
+    }
+
+    async fn list_certificates(
+        &self,
+        request: Request<ListCertificatesRequest>,
+    ) -> Result<Response<ListCertificatesReply>, Status> {
+        let request = request.into_inner();
+        require_role(&actor(request.caller), &CA_READERS, "只有CA操作员和省级管理员可以查看证书")?;
+        let certificates = self.certificates().list(&request.username, request.limit).await?;
+        Ok(Response::new(ListCertificatesReply { certificates }))
+    }
+
+    async fn get_trust_bundle(
+        &self,
+        _request: Request<GetTrustBundleRequest>,
+    ) -> Result<Response<TrustBundle>, Status> {
+        self.certificates().trust_bundle().await.map(Response::new)
+    }
+
+    async fn import_legacy_keys(
+        &self,
+        request: Request<ImportLegacyKeysRequest>,
+    ) -> Result<Response<ImportReport>, Status> {
+        let request = request.into_inner();
+        let actor = actor(request.caller);
+        require_province_admin(&actor)?;
+        let table =
+            crate::spreadsheet::read(&request.file, &crate::accounts::LEGACY_KEY_COLUMNS).map_err(import_failed)?;
+        self.accounts.import_legacy(&request.roots_pem, &table, &actor).await.map(Response::new)
+    }
+
+    async fn create_account(&self, request: Request<CreateAccountRequest>) -> Result<Response<CreatedAccount>, Status> {
+        let request = request.into_inner();
+        let actor = actor(request.caller);
+        require_role(&actor, &ACCOUNT_ADMINS, "只有省级管理员和安全管理员可以创建账户")?;
+        let mut violations = Vec::new();
+        let username = request.username.trim().to_owned();
+        check_username("username", &username, &mut violations);
+        let display_name = request.display_name.trim().to_owned();
+        if display_name.is_empty() || display_name.chars().count() > 60 {
+            violations.push(Violation::new("display_name", "invalid_display_name", "请填写姓名（不超过60个字）"));
+        }
+        if !STAFF_ROLES.contains(&request.role.as_str()) {
+            violations.push(Violation::new(
+                "role",
+                "unknown_role",
+                "请选择角色：经办机构审核员、CA操作员、省级管理员、安全管理员或审计管理员",
+            ));
+        }
+        let agency_code = Some(request.agency_code.trim().to_owned()).filter(|code| !code.is_empty());
+        match (&agency_code, request.role == "agency_reviewer") {
+            (None, true) => {
+                violations.push(Violation::new("agency_code", "required", "经办机构审核员须选择所属经办机构"))
+            }
+            (Some(_), false) => {
+                violations.push(Violation::new("agency_code", "not_applicable", "只有经办机构审核员属于经办机构"))
+            }
+            (Some(code), true) => {
+                let known: bool = sqlx::query_scalar("select exists (select 1 from agencies where code = $1)")
+                    .bind(code)
+                    .fetch_one(&self.runtime.pool)
+                    .await
+                    .map_err(kit::db::status)?;
+                if !known {
+                    violations.push(Violation::new("agency_code", "unknown_agency", "没有这个经办机构"));
+                }
+            }
+            (None, false) => {}
+        }
+        check_password("password", &request.password, &mut violations);
+        if !violations.is_empty() {
+            let status = invalid(violations);
+            self.keys.audit_refusal_of(&actor, "account.create", &format!("account:{username}"), &status).await;
+            return Err(status);
+        }
+        let account = NewStaffAccount {
+            username,
+            display_name,
+            role: request.role,
+            agency_code,
+            password: SecretString::from(request.password),
+        };
+        let (account_id, certificate) = self.certificates().create_staff_account(&actor, account).await?;
+        let account = self.accounts.get_by_id(account_id).await?;
+        Ok(Response::new(CreatedAccount { account: Some(account), certificate: Some(certificate) }))
+    }
+
+    async fn list_accounts(
+        &self,
+        request: Request<ListAccountsRequest>,
+    ) -> Result<Response<ListAccountsReply>, Status> {
+        let request = request.into_inner();
+        require_role(&actor(request.caller), &ACCOUNT_ADMINS, "只有省级管理员和安全管理员可以查看账户")?;
+        Ok(Response::new(ListAccountsReply { accounts: self.accounts.list().await? }))
+    }
+
+    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
+        let request = request.into_inner();
+        let actor = actor(request.caller);
+        let password = SecretString::from(request.password);
+        self.accounts.login(&actor, &request.certificate_der, &request.username, password).await.map(Response::new)
+    }
+
+    async fn activate_key(&self, request: Request<ActivateKeyRequest>) -> Result<Response<LoginReply>, Status> {
+        let mut request = request.into_inner();
+        let actor = actor(request.caller.take());
+        self.accounts.activate(&actor, request).await.map(Response::new)
     }
 }
 

@@ -111,7 +111,7 @@ fn not_found(application_id: &str) -> Status {
     refuse(Code::NotFound, "application_not_found", format!("没有找到申请编号为 {application_id} 的密钥申请"))
 }
 
-fn meta(event_id: uuid::Uuid, actor: &Actor) -> Option<EventMeta> {
+pub fn meta(event_id: uuid::Uuid, actor: &Actor) -> Option<EventMeta> {
     Some(EventMeta {
         event_id: event_id.to_string(),
         occurred_at: Some(timestamp(OffsetDateTime::now_utc())),
@@ -140,6 +140,22 @@ impl Keys {
                 made_at: made_at.map(timestamp),
             })
             .collect())
+    }
+
+    /// Applications in `state` (all when empty), newest first, for the CA operator.
+    pub async fn list(&self, state: &str, limit: u32) -> Result<Vec<KeyApplication>, Status> {
+        let rows: Vec<ApplicationRow> = sqlx::query_as(
+            "select a.application_id, a.username, a.category, a.institution_code, r.unit_name, a.applicant_name, \
+             a.applicant_id_number_masked, a.applicant_id_hmac, a.state, a.applied_at, a.updated_at \
+             from key_applications a join registry_entries r using (institution_code) \
+             where ($1 = '' or a.state = $1) order by a.applied_at desc limit $2",
+        )
+        .bind(state.trim())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(kit::db::status)?;
+        Ok(rows.into_iter().map(ApplicationRow::into_reply).collect())
     }
 
     /// Stores a new application with its assigned id and username, its event and its audit record.
@@ -194,7 +210,8 @@ impl Keys {
             }
             .encode_to_vec()
         };
-        self.finish(&mut transaction, actor, "key_application.apply", &application_id, "key_applied", event).await?;
+        let object = format!("key_application:{application_id}");
+        self.finish(&mut transaction, actor, "key_application.apply", &object, "key_applied", event).await?;
         transaction.commit().await.map_err(kit::db::status)?;
         self.get(&application_id).await
     }
@@ -248,8 +265,8 @@ impl Keys {
             }
             .encode_to_vec()
         };
-        let action = "key_application.withdraw";
-        self.finish(&mut transaction, actor, action, &row.application_id, "key_application_withdrawn", event).await?;
+        let (action, object) = ("key_application.withdraw", format!("key_application:{}", row.application_id));
+        self.finish(&mut transaction, actor, action, &object, "key_application_withdrawn", event).await?;
         transaction.commit().await.map_err(kit::db::status)?;
         self.get(&row.application_id).await
     }
@@ -290,8 +307,15 @@ impl Keys {
             }
             .encode_to_vec()
         };
-        let action = "key_application.change_password";
-        self.finish(&mut transaction, actor, action, &row.application_id, "key_password_changed", event).await?;
+        // The account made from this application logs in with the same password.
+        sqlx::query("update accounts set password_hash = $2 where username = $1 and role = 'unit_operator'")
+            .bind(&row.username)
+            .bind(&password_hash)
+            .execute(&mut *transaction)
+            .await
+            .map_err(kit::db::status)?;
+        let (action, object) = ("key_application.change_password", format!("key_application:{}", row.application_id));
+        self.finish(&mut transaction, actor, action, &object, "key_password_changed", event).await?;
         transaction.commit().await.map_err(kit::db::status)?;
         self.get(&row.application_id).await
     }
@@ -321,14 +345,14 @@ impl Keys {
         }
     }
 
-    /// Writes the event (built by `event` from its metadata) to the outbox and the audit record, in the change's
-    /// transaction.
-    async fn finish(
+    /// Writes the event (built by `event` from its metadata) to the outbox and the audit record of `object`, in the
+    /// change's transaction.
+    pub async fn finish(
         &self,
         transaction: &mut PgConnection,
         actor: &Actor,
         action: &str,
-        application_id: &str,
+        object: &str,
         event_name: &str,
         event: impl FnOnce(Option<EventMeta>) -> Vec<u8>,
     ) -> Result<(), Status> {
@@ -336,15 +360,13 @@ impl Keys {
         let payload = event(meta(event_id, actor));
         let subject = self.namespace.event_subject("identity", event_name);
         kit::outbox::enqueue(&mut *transaction, event_id, &subject, &payload).await.map_err(kit::db::status)?;
-        let object = format!("key_application:{application_id}");
-        let record =
-            audit::Record { actor, action, object: &object, outcome: Outcome::Success, detail: serde_json::json!({}) };
+        let record = audit::Record { actor, action, object, outcome: Outcome::Success, detail: serde_json::json!({}) };
         audit::append(transaction, &record).await.map_err(kit::db::status)?;
         Ok(())
     }
 
     /// Hashes a new login password; a failure there is ours, not the caller's.
-    async fn hash_password(&self, password: SecretString) -> Result<String, Status> {
+    pub async fn hash_password(&self, password: SecretString) -> Result<String, Status> {
         self.passwords.hash(password).await.map_err(|error| {
             tracing::error!(%error, "cannot hash a password");
             Status::internal("internal error")
@@ -357,11 +379,16 @@ impl Keys {
         status
     }
 
-    /// Records a refusal on its own (nothing else is written for it).
+    /// Records a refusal of an application operation on its own (nothing else is written for it).
     pub async fn audit_refusal(&self, actor: &Actor, action: &str, application_id: &str, status: &Status) {
         let object = format!("key_application:{}", application_id.trim());
+        self.audit_refusal_of(actor, action, &object, status).await;
+    }
+
+    /// Records a refusal of an operation on `object`; the status's reason code goes into the record.
+    pub async fn audit_refusal_of(&self, actor: &Actor, action: &str, object: &str, status: &Status) {
         let detail = serde_json::json!({ "reason": kit::status::reason(status) });
-        let record = audit::Record { actor, action, object: &object, outcome: Outcome::Refused, detail };
+        let record = audit::Record { actor, action, object, outcome: Outcome::Refused, detail };
         let result = match self.pool.acquire().await {
             Ok(mut connection) => audit::append(&mut connection, &record).await.map(|_| ()),
             Err(error) => Err(error),

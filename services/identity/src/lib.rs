@@ -3,9 +3,14 @@
 //! own database.
 //!
 //! Modules in reading order: `api` (the gRPC face), `registry` (loading the registry, 校验), `keys` (applications),
-//! `spreadsheet` (reading uploaded tables), `secrets` (password hashing, ID-number HMAC).
+//! `ca` (the CA's
+//! signing and certificate checks), `certificates` (制作, renewal, revocation, CRL, staff accounts), `accounts` (login,
+//! activation of legacy keys), `spreadsheet` (reading uploaded tables), `secrets` (password hashing, HMACs).
 
+mod accounts;
 mod api;
+pub mod ca;
+mod certificates;
 mod keys;
 mod registry;
 mod secrets;
@@ -38,8 +43,10 @@ const DEVELOPMENT_ID_NUMBER_KEY: &str = "development-only-id-number-key";
 pub struct Config {
     #[serde(flatten)]
     pub service: ServiceConfig,
-    /// The HMAC key of applicants' ID numbers.
+    /// The HMAC key of applicants' ID numbers (and of activation tickets).
     pub id_number_key: Option<SecretString>,
+    /// The provincial CA's certificate and key.
+    pub ca: ca::CaConfig,
 }
 
 /// The service, bound and ready to run.
@@ -53,7 +60,11 @@ pub async fn build(config: &Config, platform: &Platform, serve_admin: bool) -> a
         tracing::warn!("identity.id_number_key is not set: using the development key (never do this in production)");
         SecretString::from(DEVELOPMENT_ID_NUMBER_KEY)
     });
-    let api = IdentityApi::new(runtime.clone(), platform.namespace.clone(), id_number_key);
+    let ca = ca::CertificateAuthority::load(&config.ca)?;
+    if ca.is_none() {
+        tracing::warn!("identity.ca is not configured: logins are verified, but no certificate can be made");
+    }
+    let api = IdentityApi::new(runtime.clone(), platform.namespace.clone(), id_number_key, ca);
     ServiceApp::bind(runtime, IdentityServer::new(api), (&config.service, &DEFAULTS), platform, serve_admin).await
 }
 

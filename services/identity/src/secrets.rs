@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use argon2::{Argon2, PasswordHasher as _};
+use argon2::{Argon2, PasswordHash, PasswordHasher as _, PasswordVerifier as _};
 use hmac::{Hmac, KeyInit, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
@@ -35,6 +35,23 @@ impl PasswordHasher {
         .await??;
         Ok(hash)
     }
+
+    /// Whether `password` matches the PHC string `hash`, under the same bound as hashing: a login storm waits its
+    /// turn instead of starving every other request of CPU. A hash that cannot be parsed matches nothing.
+    pub async fn verify(&self, hash: String, password: SecretString) -> anyhow::Result<bool> {
+        let _permit = self.permits.acquire().await?;
+        let matches = tokio::task::spawn_blocking(move || {
+            let Ok(parsed) = PasswordHash::new(&hash) else { return false };
+            Argon2::default().verify_password(password.expose_secret().as_bytes(), &parsed).is_ok()
+        })
+        .await?;
+        Ok(matches)
+    }
+
+    /// Whether `hash` is a PHC string this hasher can check (for imported legacy hashes).
+    pub fn is_valid_hash(hash: &str) -> bool {
+        PasswordHash::new(hash).is_ok_and(|parsed| parsed.algorithm.as_str().starts_with("argon2"))
+    }
 }
 
 impl Default for PasswordHasher {
@@ -62,10 +79,24 @@ impl IdNumberHasher {
     }
 
     pub fn digest(&self, id_number: &validators::IdNumber) -> Vec<u8> {
+        self.keyed(&[id_number.as_str().as_bytes()])
+    }
+
+    /// HMAC of `parts` under the same key, with a purpose prefix so no digest of one purpose is valid for another
+    /// (activation tickets use "activation").
+    pub fn tag(&self, purpose: &str, parts: &[&[u8]]) -> Vec<u8> {
+        let mut all: Vec<&[u8]> = vec![purpose.as_bytes(), b"\0"];
+        all.extend_from_slice(parts);
+        self.keyed(&all)
+    }
+
+    fn keyed(&self, parts: &[&[u8]]) -> Vec<u8> {
         // HMAC accepts keys of any length, so this cannot fail.
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(self.key.expose_secret().as_bytes())
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        mac.update(id_number.as_str().as_bytes());
+        for part in parts {
+            mac.update(part);
+        }
         mac.finalize().into_bytes().to_vec()
     }
 }

@@ -1,13 +1,19 @@
 //! The units service: insured units (参保单位), their declarations (申报) with their history, and the agencies'
 //! review decisions, in its own database.
 //!
-//! This first version serves the readiness probe (`GetStatus`) over NATS RPC and gRPC; the journeys add the unit
-//! record, declaration and review.
+//! Modules in reading order: this file (the gRPC face and start-up), `records` (the unit record and who may see
+//! it), `events` (the consumer that creates a unit's draft record on its operator's first login).
+
+mod events;
+mod records;
+
+use std::sync::Arc;
 
 use kit::process::Process;
 use kit::service::{Platform, Runtime, ServiceApp, ServiceConfig, ServiceDefaults};
 use proto::names::Service;
 use proto::units::units_server::{Units, UnitsServer};
+use proto::units::{GetUnitRecordRequest, UnitRecord};
 use sqlx::migrate::Migrator;
 use tonic::{Request, Response, Status};
 
@@ -21,12 +27,17 @@ pub const DEFAULTS: ServiceDefaults =
 /// The service, bound and ready to run.
 pub type App = ServiceApp<UnitsServer<UnitsApi>>;
 
-/// Connects, migrates and binds the service. `serve_admin` is false when the process serves the admin endpoints
-/// itself (`pension all`).
+/// Connects, migrates and binds the service, with its consumer of identity's events. `serve_admin` is false when
+/// the process serves the admin endpoints itself (`pension all`).
 pub async fn build(config: &ServiceConfig, platform: &Platform, serve_admin: bool) -> anyhow::Result<App> {
     let runtime = Runtime::start(&DEFAULTS, &config.database, &MIGRATOR, platform).await?;
     let api = UnitsApi { runtime: runtime.clone() };
-    ServiceApp::bind(runtime, UnitsServer::new(api), (config, &DEFAULTS), platform, serve_admin).await
+    let consumer = events::first_login_consumer(&platform.namespace);
+    let (pool, jetstream) = (runtime.pool.clone(), runtime.jetstream.clone());
+    let app = ServiceApp::bind(runtime, UnitsServer::new(api), (config, &DEFAULTS), platform, serve_admin).await?;
+    Ok(app.with_background(move |shutdown| {
+        kit::consumer::run(pool, jetstream, consumer, Arc::new(events::FirstLogin), shutdown)
+    }))
 }
 
 /// Runs the service as its own process until shutdown.
@@ -49,5 +60,11 @@ impl Units for UnitsApi {
         _request: Request<proto::common::GetStatusRequest>,
     ) -> Result<Response<proto::common::ServiceStatus>, Status> {
         self.runtime.status().await.map(Response::new)
+    }
+
+    async fn get_unit_record(&self, request: Request<GetUnitRecordRequest>) -> Result<Response<UnitRecord>, Status> {
+        let request = request.into_inner();
+        let caller = request.caller.unwrap_or_default();
+        records::get(&self.runtime.pool, &caller, &request.institution_code).await.map(Response::new)
     }
 }

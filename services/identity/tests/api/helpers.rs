@@ -7,8 +7,9 @@ use kit::rpc::NatsChannel;
 use kit::service::{Platform, ServiceConfig};
 use kit::shutdown::CancellationToken;
 use kit::testing::{TestDatabase, isolated_nats};
+use proto::common::Caller;
 use proto::identity::identity_client::IdentityClient;
-use proto::identity::{Caller, ImportFileRequest, ImportReport};
+use proto::identity::{ImportFileRequest, ImportReport};
 use proto::names::Service;
 use sqlx::PgPool;
 
@@ -16,8 +17,11 @@ pub struct TestIdentity {
     pub client: IdentityClient<NatsChannel>,
     pub pool: PgPool,
     pub platform: Platform,
+    /// The development CA's files (ca.crt, ca.key, …), made for this test.
+    pub ca: identity::ca::DevelopmentCaFiles,
     shutdown: CancellationToken,
     _database: TestDatabase,
+    _ca_dir: tempfile::TempDir,
 }
 
 impl Drop for TestIdentity {
@@ -31,6 +35,8 @@ pub async fn spawn_identity() -> TestIdentity {
     let platform = Platform::connect_with(&isolated_nats(), "identity-test", Readiness::default()).await.expect("nats");
     platform.wait_connected(Duration::from_secs(10)).await.expect("nats connected");
     kit::testing::sweep_stale_test_streams(&async_nats::jetstream::new(platform.nats.clone())).await;
+    let ca_dir = tempfile::tempdir().expect("temporary directory");
+    let ca = identity::ca::init_development(ca_dir.path(), &["localhost".to_owned()]).expect("a development CA");
     let config = identity::Config {
         service: ServiceConfig {
             database: database.config(),
@@ -38,6 +44,11 @@ pub async fn spawn_identity() -> TestIdentity {
             admin_addr: None,
         },
         id_number_key: None,
+        ca: identity::ca::CaConfig {
+            certificate_file: Some(ca.certificate.clone()),
+            key_file: Some(ca.key.clone()),
+            ..identity::ca::CaConfig::default()
+        },
     };
     let app = identity::build(&config, &platform, false).await.expect("identity builds");
     let shutdown = CancellationToken::new();
@@ -50,7 +61,7 @@ pub async fn spawn_identity() -> TestIdentity {
         async move { client.get_status(proto::common::GetStatusRequest {}).await.is_ok() }
     })
     .await;
-    TestIdentity { client, pool, platform, shutdown, _database: database }
+    TestIdentity { client, pool, platform, ca, shutdown, _database: database, _ca_dir: ca_dir }
 }
 
 pub fn admin() -> Option<Caller> {
@@ -80,4 +91,13 @@ pub async fn load_sample_registry(identity: &TestIdentity) -> ImportReport {
         .await
         .expect("registry loads")
         .into_inner()
+}
+
+pub fn caller(role: &str) -> Option<Caller> {
+    Some(Caller { actor: format!("test-{role}"), role: role.into(), ..Caller::default() })
+}
+
+/// The subjects of the events identity wrote to its outbox, oldest first.
+pub async fn outbox_subjects(identity: &TestIdentity) -> Vec<String> {
+    sqlx::query_scalar("select subject from kit_outbox order by id").fetch_all(&identity.pool).await.expect("outbox")
 }

@@ -1,6 +1,7 @@
 //! Loading the establishment registry and 校验 of unit names.
 
-use proto::identity::{Caller, ImportFileRequest, RegistryEntry, UpsertRegistryEntryRequest, VerifyUnitNameRequest};
+use proto::common::Caller;
+use proto::identity::{ImportFileRequest, RegistryEntry, UpsertRegistryEntryRequest, VerifyUnitNameRequest};
 use rust_xlsxwriter::Workbook;
 
 use crate::helpers::{admin, load_sample_registry, spawn_identity};
