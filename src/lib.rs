@@ -2,6 +2,8 @@
 //! readiness, the gateway's HTTP port serving the admin endpoints for all of them. `pension all` runs it; the
 //! whole-system tests build it on free ports.
 
+pub mod demo;
+
 use anyhow::Context as _;
 use kit::config::{ConfigError, Settings};
 use kit::redis::{Redis, RedisConfig};
@@ -60,6 +62,10 @@ impl AllInOne {
 
     pub fn grpc_port(&self) -> u16 {
         self.gateway.grpc_port()
+    }
+
+    pub fn https_port(&self) -> u16 {
+        self.gateway.https_port()
     }
 
     /// Runs every component until `shutdown` is cancelled; each stops taking requests, finishes those in flight

@@ -48,6 +48,56 @@ enum Command {
         #[command(subcommand)]
         action: FileAction,
     },
+    /// The provincial CA.
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
+    /// Keys of the earlier systems.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Development and demonstration data.
+    Demo {
+        #[command(subcommand)]
+        action: DemoAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaAction {
+    /// Create a development CA (key, self-signed root, empty CRL) and the gateway's TLS certificate, in a folder.
+    /// Production takes the CA from configuration or a Kubernetes secret instead.
+    Init {
+        #[arg(long, default_value = ".run/ca")]
+        dir: PathBuf,
+        /// Names the gateway's 8443 certificate is valid for.
+        #[arg(long = "server-name", default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
+        server_names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysAction {
+    /// Load the earlier CAs' roots (PEM) and their key list (CSV or xlsx: 证书序列号, 登录用户名, 密码哈希, 机构编码)
+    /// through the running identity service.
+    ImportLegacy {
+        #[arg(long)]
+        roots: PathBuf,
+        #[arg(long)]
+        keys: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DemoAction {
+    /// Create (once) the demo accounts through the running platform: a unit operator whose key the CA made, an
+    /// agency reviewer, a CA operator and a province admin, each with a certificate; writes `demo.json`.
+    Seed {
+        #[arg(long, default_value = ".run/demo")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,6 +125,16 @@ fn main() -> ExitCode {
             Command::Agencies { action: FileAction::Import { file } } => {
                 import(process, ImportKind::Agencies, file).await
             }
+            Command::Ca { action: CaAction::Init { dir, server_names } } => {
+                let files = identity::ca::init_development(&dir, &server_names)?;
+                println!("development CA created: {} (key {})", files.certificate.display(), files.key.display());
+                println!("gateway TLS certificate: {}", files.server_certificate.display());
+                Ok(())
+            }
+            Command::Keys { action: KeysAction::ImportLegacy { roots, keys } } => {
+                import_legacy(process, roots, keys).await
+            }
+            Command::Demo { action: DemoAction::Seed { out } } => pension::demo::seed(process, &out).await,
         }
     })
 }
@@ -99,19 +159,44 @@ enum ImportKind {
     Agencies,
 }
 
+/// `pension keys import-legacy`: as the registry import, under the operating-system user's name.
+async fn import_legacy(process: Process, roots: PathBuf, keys: PathBuf) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use proto::identity::{ImportLegacyKeysRequest, identity_client::IdentityClient};
+
+    let roots_pem = std::fs::read_to_string(&roots).with_context(|| format!("cannot read {}", roots.display()))?;
+    let file = std::fs::read(&keys).with_context(|| format!("cannot read {}", keys.display()))?;
+    let platform = Platform::connect(&process, "pension-cli").await?;
+    platform.wait_connected(std::time::Duration::from_secs(10)).await?;
+    let request = ImportLegacyKeysRequest { caller: cli_caller(), roots_pem, file };
+    let report = IdentityClient::new(platform.channel(proto::names::Service::Identity))
+        .import_legacy_keys(request)
+        .await
+        .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+        .into_inner();
+    println!("{}: {} keys loaded, {} refused", keys.display(), report.loaded, report.errors.len());
+    for error in &report.errors {
+        println!("  row {} {}: {} ({})", error.row, error.column, error.message, error.code);
+    }
+    Ok(())
+}
+
+/// The operator on the platform's own machine, who holds its NATS credentials, acts as the province admin.
+fn cli_caller() -> Option<proto::common::Caller> {
+    let user = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+    Some(proto::common::Caller { actor: format!("cli:{user}"), role: "province_admin".into(), ..Default::default() })
+}
+
 /// `pension registry import FILE` / `pension agencies import FILE`: the operator on the platform's own machine
 /// acts as the province admin; the import is audited under the operating-system user's name.
 async fn import(process: Process, kind: ImportKind, file: PathBuf) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    use proto::common::Caller;
     use proto::identity::{ImportFileRequest, identity_client::IdentityClient};
 
     let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
     let platform = Platform::connect(&process, "pension-cli").await?;
     platform.wait_connected(std::time::Duration::from_secs(10)).await?;
-    let user = std::env::var("USER").unwrap_or_else(|_| "operator".into());
-    let caller = Some(Caller { actor: format!("cli:{user}"), role: "province_admin".into(), ..Caller::default() });
-    let request = ImportFileRequest { caller, file: bytes };
+    let request = ImportFileRequest { caller: cli_caller(), file: bytes };
     let mut identity = IdentityClient::new(platform.channel(proto::names::Service::Identity));
     let reply = match kind {
         ImportKind::Registry => identity.import_registry(request).await,

@@ -20,6 +20,7 @@ struct RunningBinary {
     namespace: String,
     environment: Vec<(String, String)>,
     _databases: Vec<TestDatabase>,
+    _ca_dir: tempfile::TempDir,
 }
 
 impl RunningBinary {
@@ -32,6 +33,7 @@ impl RunningBinary {
 }
 
 async fn start_binary() -> RunningBinary {
+    crate::helpers::install_crypto_provider();
     let (http_port, grpc_port) = (free_port(), free_port());
     let namespace = format!("t_{}", unique_suffix());
     let mut environment = vec![
@@ -43,6 +45,22 @@ async fn start_binary() -> RunningBinary {
         ("PENSION__REDIS__KEY_PREFIX".to_owned(), format!("{namespace}:")),
         ("PENSION__TELEMETRY__FORMAT".to_owned(), "json".to_owned()),
     ];
+    // The CA as an operator makes it: with the binary's own `ca init`.
+    let ca_dir = tempfile::tempdir().expect("temporary directory");
+    let ca_init = Command::new(env!("CARGO_BIN_EXE_pension"))
+        .args(["ca", "init", "--dir"])
+        .arg(ca_dir.path())
+        .output()
+        .expect("pension ca init runs");
+    assert!(ca_init.status.success(), "{}", String::from_utf8_lossy(&ca_init.stderr));
+    let ca_file = |name: &str| ca_dir.path().join(name).to_string_lossy().into_owned();
+    environment.extend([
+        ("PENSION__GATEWAY__HTTPS_ADDR".to_owned(), format!("127.0.0.1:{}", free_port())),
+        ("PENSION__GATEWAY__TLS_CERTIFICATE_FILE".to_owned(), ca_file("server.crt")),
+        ("PENSION__GATEWAY__TLS_KEY_FILE".to_owned(), ca_file("server.key")),
+        ("PENSION__IDENTITY__CA__CERTIFICATE_FILE".to_owned(), ca_file("ca.crt")),
+        ("PENSION__IDENTITY__CA__KEY_FILE".to_owned(), ca_file("ca.key")),
+    ]);
     let mut databases = Vec::new();
     for service in ["identity", "units", "personnel", "printing"] {
         let database = TestDatabase::create().await;
@@ -58,7 +76,7 @@ async fn start_binary() -> RunningBinary {
         .stderr(Stdio::null())
         .spawn()
         .expect("the pension binary starts");
-    RunningBinary { child, http_port, grpc_port, namespace, environment, _databases: databases }
+    RunningBinary { child, http_port, grpc_port, namespace, environment, _databases: databases, _ca_dir: ca_dir }
 }
 
 async fn channel(grpc_port: u16) -> tonic::transport::Channel {

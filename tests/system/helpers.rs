@@ -14,29 +14,55 @@ use pension::{AllInOne, AllInOneConfig};
 /// The province admin's bootstrap token of the test platforms.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
+/// Installs ring as the process's TLS crypto provider, which reqwest's clients use (the platform uses ring too).
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // An error means a provider is installed already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// The platform running inside the test process.
 pub struct TestPlatform {
     pub platform: Platform,
     pub http_port: u16,
     pub grpc_port: u16,
+    pub https_port: u16,
+    /// The development CA made for this platform (ca.crt, ca.key, the gateway's server.crt).
+    pub ca: identity::ca::DevelopmentCaFiles,
     pub shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     _databases: Vec<TestDatabase>,
+    _ca_dir: tempfile::TempDir,
 }
 
 /// Builds every service and the gateway on port 0, each service with a database of its own on the server of
 /// `database_admin_url`, in the NATS namespace and Redis prefix of `nats` and `redis`.
 pub async fn spawn_platform(database_admin_url: &str, nats: NatsConfig, redis: RedisConfig) -> TestPlatform {
-    spawn_platform_limited(database_admin_url, nats, redis, gateway::Config::default().public_writes_per_minute).await
+    spawn_platform_with(database_admin_url, nats, redis, |_| {}).await
 }
 
-/// As [`spawn_platform`], with `public_writes_per_minute` public state-changing calls allowed per address.
-pub async fn spawn_platform_limited(
+/// The platform in a NATS namespace and Redis prefix of its own, on the shared servers, with the gateway's
+/// configuration adjusted by `tune`.
+pub async fn spawn_isolated_with(tune: impl FnOnce(&mut gateway::Config)) -> TestPlatform {
+    let nats = kit::testing::isolated_nats();
+    let redis = RedisConfig {
+        url: secrecy::SecretString::from(kit::testing::shared_redis_url()),
+        key_prefix: format!("{}:", nats.namespace),
+        ..RedisConfig::default()
+    };
+    spawn_platform_with(&kit::testing::shared_database_url(), nats, redis, tune).await
+}
+
+/// As [`spawn_platform`], with the gateway's configuration adjusted by `tune` (lockout times, refresh, mode).
+pub async fn spawn_platform_with(
     database_admin_url: &str,
     nats: NatsConfig,
     redis: RedisConfig,
-    public_writes_per_minute: u32,
+    tune: impl FnOnce(&mut gateway::Config),
 ) -> TestPlatform {
+    install_crypto_provider();
     let platform = Platform::connect_with(&nats, "system-test", Readiness::default()).await.expect("nats");
     platform.wait_connected(Duration::from_secs(10)).await.expect("nats connected");
     kit::testing::sweep_stale_test_streams(&async_nats::jetstream::new(platform.nats.clone())).await;
@@ -51,29 +77,169 @@ pub async fn spawn_platform_limited(
         databases.push(database);
         config
     };
+    let ca_dir = tempfile::tempdir().expect("temporary directory");
+    let ca = identity::ca::init_development(ca_dir.path(), &["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("a development CA");
+    let mut gateway = gateway::Config {
+        http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        https_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        admin_token: Some(ADMIN_TOKEN.into()),
+        tls_certificate_file: Some(ca.server_certificate.clone()),
+        tls_key_file: Some(ca.server_key.clone()),
+        trust_refresh: Duration::from_secs(1),
+        ..gateway::Config::default()
+    };
+    tune(&mut gateway);
     let config = AllInOneConfig {
-        identity: identity::Config { service: service_config().await, ..identity::Config::default() },
+        identity: identity::Config {
+            service: service_config().await,
+            ca: identity::ca::CaConfig {
+                certificate_file: Some(ca.certificate.clone()),
+                key_file: Some(ca.key.clone()),
+                ..identity::ca::CaConfig::default()
+            },
+            ..identity::Config::default()
+        },
         units: service_config().await,
         personnel: service_config().await,
         printing: service_config().await,
-        gateway: gateway::Config {
-            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            admin_token: Some(ADMIN_TOKEN.into()),
-            public_writes_per_minute,
-        },
+        gateway,
         redis,
     };
     let all = AllInOne::build(&config, &platform).await.expect("the platform builds");
-    let (http_port, grpc_port) = (all.http_port(), all.grpc_port());
+    let (http_port, grpc_port, https_port) = (all.http_port(), all.grpc_port(), all.https_port());
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(all.run(shutdown.clone()));
-    TestPlatform { platform, http_port, grpc_port, shutdown, task, _databases: databases }
+    TestPlatform {
+        platform,
+        http_port,
+        grpc_port,
+        https_port,
+        ca,
+        shutdown,
+        task,
+        _databases: databases,
+        _ca_dir: ca_dir,
+    }
 }
 
 impl TestPlatform {
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    /// An address on the logged-in port.
+    pub fn secure_url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.https_port)
+    }
+
+    pub fn identity(&self) -> proto::identity::identity_client::IdentityClient<kit::rpc::NatsChannel> {
+        proto::identity::identity_client::IdentityClient::new(self.platform.channel(proto::names::Service::Identity))
+    }
+
+    /// Loads the demo agencies and registry, as `make run` does.
+    pub async fn load_demo_registry(&self) {
+        use proto::identity::ImportFileRequest;
+        let caller = || {
+            Some(proto::common::Caller { actor: "test".into(), role: "province_admin".into(), ..Default::default() })
+        };
+        let root = env!("CARGO_MANIFEST_DIR");
+        let mut identity = self.identity();
+        kit::testing::eventually(Duration::from_secs(30), "identity answers", || {
+            let mut identity = identity.clone();
+            async move { identity.get_status(proto::common::GetStatusRequest {}).await.is_ok() }
+        })
+        .await;
+        for (file, agencies) in [("demo/agencies.csv", true), ("demo/registry.csv", false)] {
+            let file = std::fs::read(format!("{root}/{file}")).expect("demo file");
+            let request = ImportFileRequest { caller: caller(), file };
+            let report = if agencies {
+                identity.import_agencies(request).await
+            } else {
+                identity.import_registry(request).await
+            }
+            .expect("the demo data loads")
+            .into_inner();
+            assert!(report.errors.is_empty(), "{report:?}");
+        }
+    }
+
+    /// A unit (双鸭山市财政局) whose key the CA made as a software key: its username, password and certificate.
+    pub async fn unit_with_key(&self) -> Credentials {
+        use proto::identity::{ApplyForKeyRequest, IssueCertificateRequest};
+        let mut identity = self.identity();
+        let application = identity
+            .apply_for_key(ApplyForKeyRequest {
+                category: "机关事业养老保险密钥注册".into(),
+                unit_type: "机关".into(),
+                unit_name: "双鸭山市财政局".into(),
+                applicant_name: "张伟".into(),
+                applicant_id_number: "230502198001011238".into(),
+                phone: "13804691234".into(),
+                password: UNIT_PASSWORD.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("applied")
+            .into_inner();
+        let issued = identity
+            .issue_certificate(IssueCertificateRequest {
+                caller: system(),
+                application_id: application.application_id,
+                csr_pem: String::new(),
+            })
+            .await
+            .expect("made")
+            .into_inner();
+        Credentials::from_issued(application.username, UNIT_PASSWORD, issued)
+    }
+
+    /// A staff account with its certificate.
+    pub async fn staff(&self, role: &str, username: &str, agency_code: &str) -> Credentials {
+        let created = self
+            .identity()
+            .create_account(proto::identity::CreateAccountRequest {
+                caller: system(),
+                username: username.into(),
+                display_name: format!("测试{username}"),
+                role: role.into(),
+                agency_code: agency_code.into(),
+                password: STAFF_PASSWORD.into(),
+            })
+            .await
+            .expect("created")
+            .into_inner();
+        Credentials::from_issued(username.into(), STAFF_PASSWORD, created.certificate.expect("certificate"))
+    }
+
+    /// A client of the logged-in port trusting the platform's CA, presenting `credentials`' certificate if given.
+    /// Redirects are not followed, so tests see them.
+    pub fn https_client(&self, credentials: Option<&Credentials>) -> reqwest::Client {
+        use rustls_pki_types::pem::PemObject as _;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = rustls_pki_types::CertificateDer::from_pem_file(&self.ca.certificate).expect("ca");
+        roots.add(ca).expect("root");
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots);
+        let config = match credentials {
+            Some(credentials) => builder
+                .with_client_auth_cert(
+                    vec![rustls_pki_types::CertificateDer::from(credentials.certificate_der.clone())],
+                    rustls_pki_types::PrivateKeyDer::from_pem_slice(credentials.key_pem.as_bytes()).expect("key"),
+                )
+                .expect("client auth"),
+            None => builder.with_no_client_auth(),
+        };
+        reqwest::Client::builder()
+            .use_preconfigured_tls(config)
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(15))
+            .build()
+            .expect("client")
     }
 
     /// `/readyz`: the HTTP status and the report.
@@ -91,6 +257,7 @@ impl TestPlatform {
 
 /// GET a JSON document: the HTTP status and the body.
 pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
+    install_crypto_provider();
     let response = reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .build()
@@ -106,4 +273,40 @@ pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
 /// Whether `/readyz` reports the check `name` as ok.
 pub fn check_ok(report: &serde_json::Value, name: &str) -> bool {
     report["checks"][name]["ok"].as_bool().unwrap_or(false)
+}
+
+pub const UNIT_PASSWORD: &str = "Unit2026pass";
+pub const STAFF_PASSWORD: &str = "Staff2026pass";
+
+fn system() -> Option<proto::common::Caller> {
+    Some(proto::common::Caller { actor: "test".into(), role: "system".into(), ..Default::default() })
+}
+
+/// An account's login: username, password, and its certificate and key.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+    pub serial: String,
+    pub certificate_pem: String,
+    pub certificate_der: Vec<u8>,
+    pub key_pem: String,
+}
+
+impl Credentials {
+    pub fn from_issued(username: String, password: &str, issued: proto::identity::IssuedCertificate) -> Self {
+        use rustls_pki_types::pem::PemObject as _;
+        let certificate = issued.certificate.expect("certificate");
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(certificate.certificate_pem.as_bytes())
+            .expect("pem")
+            .to_vec();
+        Self {
+            username,
+            password: password.into(),
+            serial: certificate.serial,
+            certificate_pem: certificate.certificate_pem,
+            certificate_der: der,
+            key_pem: issued.private_key_pem,
+        }
+    }
 }

@@ -1,10 +1,6 @@
 //! The JSON API of the key journey and of loading the registry, through the gateway: status codes, the error
 //! format (stable `code`, Chinese `message`, `field`), and the OpenAPI document naming every operation.
 
-use kit::nats::NatsConfig;
-use kit::redis::RedisConfig;
-use kit::testing::{isolated_nats, shared_database_url, shared_redis_url};
-use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::helpers::{ADMIN_TOKEN, TestPlatform, get_json};
@@ -20,13 +16,7 @@ pub async fn spawn_isolated_platform() -> TestPlatform {
 }
 
 async fn spawn_isolated_platform_limited(public_writes_per_minute: u32) -> TestPlatform {
-    let nats: NatsConfig = isolated_nats();
-    let redis = RedisConfig {
-        url: SecretString::from(shared_redis_url()),
-        key_prefix: format!("{}:", nats.namespace),
-        ..RedisConfig::default()
-    };
-    crate::helpers::spawn_platform_limited(&shared_database_url(), nats, redis, public_writes_per_minute).await
+    crate::helpers::spawn_isolated_with(|gateway| gateway.public_writes_per_minute = public_writes_per_minute).await
 }
 
 pub async fn post(platform: &TestPlatform, path: &str, body: Vec<u8>, token: Option<&str>) -> (u16, Value) {

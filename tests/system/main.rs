@@ -5,4 +5,5 @@ mod binary;
 mod browser;
 mod helpers;
 mod key_api;
+mod login;
 mod readiness;

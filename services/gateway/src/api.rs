@@ -19,7 +19,13 @@ use crate::{AppState, keys};
 /// the service anyway.
 pub const MAX_UPLOAD_BYTES: usize = 20 * 1024 * 1024;
 
+/// The public port: the public pages and API, the CA certificate and CRL.
 pub fn router(state: AppState) -> Router {
+    public_routes().route("/", get(crate::pages::home)).with_state(state)
+}
+
+/// What both ports serve: the pages and calls that need no login.
+fn public_routes() -> Router<AppState> {
     Router::new()
         .route("/api/status", get(platform_status))
         .route("/api/openapi.json", get(openapi))
@@ -30,8 +36,60 @@ pub fn router(state: AppState) -> Router {
         .route("/api/key-applications/{application_id}/password", post(keys::change_key_password))
         .route("/api/registry/import", post(keys::import_registry).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)))
         .route("/api/agencies/import", post(keys::import_agencies).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)))
+        .route("/ca/crl", get(crl))
+        .route("/ca/ca.crt", get(ca_certificate))
         .merge(crate::pages::router())
+}
+
+/// The logged-in port: login, activation, the main page, the operators' work, and the public pages again (so the
+/// site is whole on either port). Every state-changing call of a session needs its CSRF token.
+pub fn secure_router(state: AppState) -> Router {
+    use crate::{auth, operators};
+    Router::new()
+        .route("/api/session", post(auth::login_api).get(auth::who_am_i).delete(auth::logout_api))
+        .route("/api/key-activation", post(auth::activate_api))
+        .route("/api/key-applications", get(operators::list_applications_api))
+        .route("/api/key-applications/{application_id}/certificate", post(operators::issue_certificate_api))
+        .route("/api/certificates", get(operators::list_certificates_api))
+        .route("/api/certificates/{serial}/renew", post(operators::renew_certificate_api))
+        .route("/api/certificates/{serial}/revoke", post(operators::revoke_certificate_api))
+        .route("/api/accounts", get(operators::list_accounts_api).post(operators::create_account_api))
+        .route("/login", get(auth::login_page).post(auth::login_submit))
+        .route("/logout", post(auth::logout_submit))
+        .route("/activate", get(auth::activate_page).post(auth::activate_submit))
+        .route("/ca", get(operators::ca_page))
+        .route("/ca/applications/{application_id}/make", post(operators::make_submit))
+        .route("/ca/certificates/{serial}/renew", post(operators::renew_submit))
+        .route("/ca/certificates/{serial}/revoke", post(operators::revoke_submit))
+        .route("/admin/accounts", get(operators::accounts_page).post(operators::account_submit))
+        .route("/", get(auth::main_page))
+        .merge(public_routes())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::session::csrf_guard))
         .with_state(state)
+}
+
+/// `getCrl`: the CA's current CRL (DER), as identity last signed it.
+async fn crl(State(state): State<AppState>) -> Response {
+    match state.trust.published() {
+        Some((der, _)) if !der.is_empty() => ([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response(),
+        _ => crate::error::ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "crl_unavailable",
+            "吊销列表暂不可用，请稍后重试",
+        )
+        .into_response(),
+    }
+}
+
+/// `getCaCertificate`: the CA certificate (PEM), to trust in a browser or client.
+async fn ca_certificate(State(state): State<AppState>) -> Response {
+    match state.trust.published() {
+        Some((_, pem)) if !pem.is_empty() => ([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response(),
+        _ => {
+            crate::error::ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ca_unavailable", "CA证书暂不可用，请稍后重试")
+                .into_response()
+        }
+    }
 }
 
 /// Calls one service's `GetStatus` over NATS RPC.

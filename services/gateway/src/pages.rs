@@ -39,6 +39,12 @@ impl Pages {
             ("application.html", include_str!("../templates/application.html")),
             ("lookup.html", include_str!("../templates/lookup.html")),
             ("admin_import.html", include_str!("../templates/admin_import.html")),
+            ("login.html", include_str!("../templates/login.html")),
+            ("activate.html", include_str!("../templates/activate.html")),
+            ("main.html", include_str!("../templates/main.html")),
+            ("ca.html", include_str!("../templates/ca.html")),
+            ("issued.html", include_str!("../templates/issued.html")),
+            ("accounts.html", include_str!("../templates/accounts.html")),
         ] {
             // The templates are part of the binary and covered by tests, so a syntax error is a build defect.
             if let Err(error) = templates.add_template(name, source) {
@@ -48,7 +54,7 @@ impl Pages {
         Self { templates }
     }
 
-    fn render(&self, name: &str, context: Value) -> Response {
+    pub fn render(&self, name: &str, context: Value) -> Response {
         match self.templates.get_template(name).and_then(|template| template.render(context)) {
             Ok(html) => Html(html).into_response(),
             Err(error) => {
@@ -67,7 +73,6 @@ impl Default for Pages {
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/", get(home))
         .route("/static/site.css", get(stylesheet))
         .route("/keys/apply", get(apply_start).post(apply_submit))
         .route("/keys/apply/verify", axum::routing::post(apply_verify))
@@ -86,12 +91,25 @@ async fn stylesheet() -> Response {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], include_str!("../templates/site.css")).into_response()
 }
 
-async fn home(State(state): State<AppState>) -> Response {
-    state.pages.render("home.html", context! { section => "home" })
+pub async fn home(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    state.pages.render("home.html", context! { section => "home", login_url => login_url(&state, &headers) })
+}
+
+/// Where to log in: the configured address, or the https port of the host the page was asked from.
+pub fn login_url(state: &AppState, headers: &axum::http::HeaderMap) -> String {
+    if let Some(url) = &state.login_url {
+        return url.clone();
+    }
+    let host = headers.get(header::HOST).and_then(|value| value.to_str().ok()).unwrap_or("127.0.0.1");
+    let host = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    };
+    format!("https://{host}:{}/login", state.https_port)
 }
 
 /// A refusal as a page shows it: a message per field, and a general message for what belongs to no field.
-fn page_errors(error: &ApiError) -> (BTreeMap<String, String>, String) {
+pub fn page_errors(error: &ApiError) -> (BTreeMap<String, String>, String) {
     let fields: BTreeMap<String, String> =
         error.errors.iter().map(|violation| (violation.field.clone(), violation.message.clone())).collect();
     let message =

@@ -9,8 +9,9 @@ use proto::identity::identity_server::Identity;
 use proto::identity::{
     ActivateKeyRequest, CertificateInfo, CreateAccountRequest, CreatedAccount, GetTrustBundleRequest,
     ImportLegacyKeysRequest, IssueCertificateRequest, IssuedCertificate, ListAccountsReply, ListAccountsRequest,
-    ListCertificatesReply, ListCertificatesRequest, ListKeyApplicationsReply, ListKeyApplicationsRequest, LoginReply,
-    LoginRequest, RenewCertificateRequest, RevokeCertificateRequest, TrustBundle,
+    ListAgenciesReply, ListAgenciesRequest, ListCertificatesReply, ListCertificatesRequest, ListKeyApplicationsReply,
+    ListKeyApplicationsRequest, LoginReply, LoginRequest, RenewCertificateRequest, RevokeCertificateRequest,
+    TrustBundle,
 };
 use proto::identity::{
     ApplyForKeyRequest, ChangeKeyPasswordRequest, GetKeyApplicationRequest, ImportFileRequest, ImportReport,
@@ -282,6 +283,22 @@ impl Identity for IdentityApi {
             .change_password(&actor, &request.application_id, &applicant_id, SecretString::from(request.new_password))
             .await
             .map(Response::new)
+    }
+
+    async fn list_agencies(
+        &self,
+        _request: Request<ListAgenciesRequest>,
+    ) -> Result<Response<ListAgenciesReply>, Status> {
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as("select code, name, region_code from agencies order by code")
+                .fetch_all(&self.runtime.pool)
+                .await
+                .map_err(kit::db::status)?;
+        let agencies = rows
+            .into_iter()
+            .map(|(code, name, region_code)| proto::identity::Agency { code, name, region_code })
+            .collect();
+        Ok(Response::new(ListAgenciesReply { agencies }))
     }
 
     async fn list_key_applications(
