@@ -12,6 +12,15 @@ if [ ! -s .run/admin-token ]; then
   chmod 600 .run/admin-token
 fi
 export PENSION__GATEWAY__ADMIN_TOKEN="$(cat .run/admin-token)"
+# A development CA, made once: its root signs the demo certificates and the gateway's 8443 certificate.
+if [ ! -s .run/ca/ca.key ]; then
+  "$binary" ca init --dir .run/ca
+fi
+export PENSION__IDENTITY__CA__CERTIFICATE_FILE="$PWD/.run/ca/ca.crt"
+export PENSION__IDENTITY__CA__KEY_FILE="$PWD/.run/ca/ca.key"
+export PENSION__GATEWAY__TLS_CERTIFICATE_FILE="$PWD/.run/ca/server.crt"
+export PENSION__GATEWAY__TLS_KEY_FILE="$PWD/.run/ca/server.key"
+https_port=8443
 "$binary" all > >(tee .run/pension.log) 2>&1 &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid' INT TERM
@@ -29,6 +38,17 @@ done
 # The demo registry, so that a key can be applied for at once; loading it again changes nothing.
 "$binary" agencies import demo/agencies.csv
 "$binary" registry import demo/registry.csv
+# The demo accounts (once): a unit whose key the CA made, an agency reviewer, a CA operator, a province admin.
+"$binary" demo seed --out .run
+account() { # role field
+  python3 -c 'import json,sys; a=[x for x in json.load(open(".run/demo.json"))["accounts"] if x["role"]==sys.argv[1]][0]; print(a[sys.argv[2]])' "$1" "$2"
+}
+unit_user=$(account unit_operator username)
+unit_password=$(account unit_operator password)
+unit_cert=$(account unit_operator certificate)
+unit_key=$(account unit_operator key)
+unit_p12=$(account unit_operator pkcs12)
+unit_p12_password=$(account unit_operator pkcs12_password)
 
 cat <<MSG
 
@@ -41,7 +61,25 @@ cat <<MSG
     Metrics          http://127.0.0.1:$http_port/metrics
     Key application  http://127.0.0.1:$http_port/keys/apply  (try 双鸭山市财政局, 机关)
     Registry import  http://127.0.0.1:$http_port/admin/registry  (admin token: $PENSION__GATEWAY__ADMIN_TOKEN)
+    CA certificate   http://127.0.0.1:$http_port/ca/ca.crt   CRL  http://127.0.0.1:$http_port/ca/crl
     Operator gRPC    127.0.0.1:50051  (grpcurl -plaintext 127.0.0.1:50051 list)
+
+  Log in (https://127.0.0.1:$https_port/login) with a certificate and a password. Demo accounts, with their
+  certificates, keys and PKCS#12 files, are listed in .run/demo.json:
+    unit operator    $unit_user / $unit_password
+    agency reviewer  reviewer / $(account agency_reviewer password)
+    CA operator      ca.operator / $(account ca_operator password)
+    province admin   province.admin / $(account province_admin password)
+
+  From the command line (the JSON API):
+    curl --cacert .run/ca/ca.crt --cert $unit_cert --key $unit_key \\
+      -H 'Content-Type: application/json' -d '{"username":"$unit_user","password":"$unit_password"}' \\
+      https://127.0.0.1:$https_port/api/session
+
+  In a browser: import $unit_p12 (password $unit_p12_password) as a personal certificate and
+  .run/ca/ca.crt as a trusted authority (Chrome: Settings → Privacy and security → Security → Manage
+  certificates; Firefox: Settings → Privacy & Security → Certificates → View Certificates → Your Certificates →
+  Import), then open https://127.0.0.1:$https_port/login and choose the certificate when asked.
 
   Press Ctrl-C to stop.
 

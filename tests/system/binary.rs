@@ -138,6 +138,42 @@ async fn pension_all_starts_reports_ready_lists_its_services_and_stops_on_sigter
         assert!(stdout.contains(&format!("{loaded} rows loaded, 0 refused")), "{stdout}");
     }
 
+    // The earlier systems' roots and keys, and the demo accounts, through the same commands `make run` uses.
+    let files = tempfile::tempdir().expect("folder");
+    let legacy_key = rcgen::KeyPair::generate().expect("key");
+    let mut root = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    root.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(files.path().join("roots.pem"), root.self_signed(&legacy_key).expect("root").pem()).expect("write");
+    let hash = {
+        use argon2::PasswordHasher as _;
+        argon2::Argon2::default().hash_password(b"Legacy2019").expect("hash").to_string()
+    };
+    let list = format!("证书序列号,登录用户名,密码哈希,机构编码\n0A0B,legacy-01,\"{hash}\",230500002\n0A0C,,x,\n");
+    std::fs::write(files.path().join("keys.csv"), list).expect("write");
+    let output = binary
+        .command()
+        .args(["keys", "import-legacy", "--roots"])
+        .arg(files.path().join("roots.pem"))
+        .arg("--keys")
+        .arg(files.path().join("keys.csv"))
+        .output()
+        .expect("the command runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("1 keys loaded, 1 refused") && stdout.contains("row 3 登录用户名"), "{stdout}");
+    let output = binary.command().args(["demo", "seed", "--out"]).arg(files.path()).output().expect("demo seed runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let demo: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(files.path().join("demo.json")).expect("demo.json")).expect("json");
+    let roles: Vec<&str> =
+        demo["accounts"].as_array().expect("accounts").iter().filter_map(|account| account["role"].as_str()).collect();
+    assert_eq!(roles, ["unit_operator", "agency_reviewer", "ca_operator", "province_admin"]);
+    for account in demo["accounts"].as_array().expect("accounts") {
+        for file in ["certificate", "key"] {
+            let path = std::path::Path::new(account[file].as_str().expect("path"));
+            assert!(path.is_absolute() && path.exists(), "{account}");
+        }
+    }
+
     let (_, report) = get_json(&readyz).await;
     for dependency in ["postgres", "nats", "redis"] {
         assert!(check_ok(&report, dependency), "{dependency} in {report}");

@@ -242,3 +242,81 @@ async fn the_pages_fit_a_tablet_without_sideways_scrolling() {
     browser.close().await.expect("close the browser");
     platform.stop().await;
 }
+
+/// Journey 1 to its end: the unit applies on the public pages, the CA operator logs in and makes the key as a
+/// software key, the unit logs in with it and sees the main page with its draft record. Behind an ingress stand-in
+/// (header mode), which passes whichever certificate the person at the browser holds.
+#[tokio::test]
+async fn the_ca_operator_makes_the_key_and_the_unit_logs_in_and_sees_its_main_page() {
+    let platform = crate::helpers::spawn_isolated_with(|gateway| {
+        gateway.client_certificates = gateway::ClientCertificateMode::Header
+    })
+    .await;
+    platform.load_demo_registry().await;
+    let operator = platform.staff("ca_operator", "ca.browser", "").await;
+    let ingress = crate::ingress::Ingress::start(platform.https_port).await;
+    let driver = start_chromedriver().await;
+    let profile = tempfile::tempdir().expect("profile folder");
+    let browser = open_browser(&driver, profile.path()).await;
+
+    // The unit applies on the public pages.
+    browser.goto(&platform.url("/keys/apply")).await.expect("apply page");
+    element(&browser, Locator::Css("#unit_type option[value='机关']")).await.click().await.expect("select");
+    fill(&browser, "unit_name", "双鸭山市教育局").await;
+    element(&browser, Locator::Id("verify")).await.click().await.expect("click");
+    fill(&browser, "applicant_name", "李娜").await;
+    fill(&browser, "applicant_id_number", "230502199002152344").await;
+    fill(&browser, "phone", "13904691234").await;
+    fill(&browser, "password", "Edu2026pass").await;
+    fill(&browser, "password_confirm", "Edu2026pass").await;
+    element(&browser, Locator::Id("submit")).await.click().await.expect("click");
+    let application_id = text_of(&browser, "#application-id").await;
+    let username = text_of(&browser, "#username").await;
+
+    // The CA operator, holding its own certificate, logs in and makes the key.
+    ingress.present(Some(&operator.certificate_pem));
+    browser.goto(&ingress.url("/login")).await.expect("login page");
+    assert!(text_of(&browser, "#certificate-status").await.contains("已检测到密钥"));
+    fill(&browser, "username", &operator.username).await;
+    fill(&browser, "password", &operator.password).await;
+    screenshot(&browser, "10-ca-operator-login").await;
+    element(&browser, Locator::Id("login")).await.click().await.expect("click");
+    assert_eq!(text_of(&browser, "#role").await, "CA操作员");
+    element(&browser, Locator::LinkText("证书制作")).await.click().await.expect("click");
+    element(&browser, Locator::Id(&format!("make-{application_id}"))).await;
+    screenshot(&browser, "11-ca-applications").await;
+    element(&browser, Locator::Id(&format!("make-{application_id}"))).await.click().await.expect("make");
+    assert_eq!(text_of(&browser, "#issued-username").await, username);
+    assert!(!text_of(&browser, "#p12-password").await.is_empty());
+    screenshot(&browser, "12-certificate-made").await;
+    let certificate_pem = element(&browser, Locator::Id("certificate-pem")).await.prop("value").await.expect("pem");
+    let certificate_pem = certificate_pem.expect("the certificate is on the page");
+    element(&browser, Locator::Id("logout")).await.click().await.expect("logout");
+    assert!(text_of(&browser, ".ok-box").await.contains("安全退出"));
+
+    // The unit, now holding its key, logs in and sees its main page.
+    ingress.present(Some(&certificate_pem));
+    browser.goto(&ingress.url("/login")).await.expect("login page");
+    fill(&browser, "username", &username).await;
+    fill(&browser, "password", "Wrong2026pass").await;
+    element(&browser, Locator::Id("login")).await.click().await.expect("click");
+    assert!(text_of(&browser, ".error-box[role=alert]:not(#certificate-status)").await.contains("用户名或密码错误"));
+    screenshot(&browser, "13-unit-wrong-password").await;
+    fill(&browser, "password", "Edu2026pass").await;
+    element(&browser, Locator::Id("login")).await.click().await.expect("click");
+    assert_eq!(text_of(&browser, "#role").await, "单位经办员");
+    let mut unit = text_of(&browser, "#unit").await;
+    for _ in 0..40 {
+        if unit.contains("录入中") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        browser.refresh().await.expect("refresh");
+        unit = text_of(&browser, "#unit").await;
+    }
+    assert!(unit.contains("双鸭山市教育局") && unit.contains("录入中"), "{unit}");
+    screenshot(&browser, "14-unit-main-page").await;
+
+    browser.close().await.expect("close the browser");
+    platform.stop().await;
+}

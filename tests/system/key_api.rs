@@ -165,6 +165,14 @@ async fn the_openapi_document_names_every_operation() {
         "getKeyApplication",
         "withdrawKeyApplication",
         "changeKeyPassword",
+        "login",
+        "activateKey",
+        "logout",
+        "whoAmI",
+        "issueCertificate",
+        "renewCertificate",
+        "revokeCertificate",
+        "getCrl",
     ] {
         assert!(operations.contains(&expected), "{expected} in {operations:?}");
     }

@@ -353,14 +353,7 @@ async fn behind_an_ingress_the_certificate_comes_in_the_trusted_header() {
     platform.load_demo_registry().await;
     let unit = platform.unit_with_key().await;
     let url = format!("http://127.0.0.1:{}/api/session", platform.https_port);
-    let encoded: String = unit
-        .certificate_pem
-        .bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => char::from(byte).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect();
+    let encoded = crate::ingress::url_encode(&unit.certificate_pem);
     let client = reqwest::Client::new();
 
     let (status, answer) = body(

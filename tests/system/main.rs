@@ -4,6 +4,7 @@
 mod binary;
 mod browser;
 mod helpers;
+mod ingress;
 mod key_api;
 mod login;
 mod readiness;

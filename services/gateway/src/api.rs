@@ -65,7 +65,14 @@ pub fn secure_router(state: AppState) -> Router {
         .route("/", get(auth::main_page))
         .merge(public_routes())
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::session::csrf_guard))
+        .layer(axum::middleware::map_response(no_store))
         .with_state(state)
+}
+
+/// Logged-in answers carry personal data and, once, private keys: no cache may keep them.
+async fn no_store(mut response: Response) -> Response {
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// `getCrl`: the CA's current CRL (DER), as identity last signed it.
