@@ -382,3 +382,186 @@ async fn behind_an_ingress_the_certificate_comes_in_the_trusted_header() {
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     platform.stop().await;
 }
+
+/// A key of the earlier wage system for 双鸭山市教育局 (230500002), its root and list loaded as the admin would.
+async fn legacy_unit(platform: &TestPlatform) -> Credentials {
+    use argon2::PasswordHasher as _;
+    let root_key = rcgen::KeyPair::generate().expect("key");
+    let mut root = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    root.distinguished_name.push(rcgen::DnType::CommonName, "原工资系统CA");
+    root.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let root_pem = root.self_signed(&root_key).expect("root").pem();
+    let issuer = rcgen::Issuer::new(root, root_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut leaf = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    leaf.distinguished_name.push(rcgen::DnType::CommonName, "gz-0002");
+    leaf.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x4D, 0x02]));
+    let certificate = leaf.signed_by(&key, &issuer).expect("legacy certificate");
+    let hash = argon2::Argon2::default().hash_password(b"Legacy2019").expect("hash").to_string();
+    let list = format!("证书序列号,登录用户名,密码哈希,机构编码\n4D02,gz-0002,\"{hash}\",230500002\n");
+    let report = platform
+        .identity()
+        .import_legacy_keys(proto::identity::ImportLegacyKeysRequest {
+            caller: Some(proto::common::Caller {
+                actor: "test".into(),
+                role: "province_admin".into(),
+                ..Default::default()
+            }),
+            roots_pem: root_pem,
+            file: list.into_bytes(),
+        })
+        .await
+        .expect("loaded")
+        .into_inner();
+    assert_eq!(report.loaded, 1, "{report:?}");
+    Credentials {
+        username: "gz-0002".into(),
+        password: "Legacy2019".into(),
+        serial: "4D02".into(),
+        certificate_pem: certificate.pem(),
+        certificate_der: certificate.der().to_vec(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+#[tokio::test]
+async fn a_legacy_key_is_activated_through_the_api_and_then_logs_in_directly() {
+    let platform = platform_with_registry(|_| {}).await;
+    let legacy = legacy_unit(&platform).await;
+    let client = platform.https_client(Some(&legacy));
+    // The gateway trusts the legacy root once its next refresh has it.
+    eventually(Duration::from_secs(15), "the legacy root is trusted", || async {
+        client.get(platform.secure_url("/login")).send().await.is_ok()
+    })
+    .await;
+
+    let response = login(&platform, &legacy, &legacy.password).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let cookie = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .find(|cookie| cookie.starts_with("pension_session="))
+        .and_then(|cookie| cookie.split(';').next())
+        .expect("a session for the activation")
+        .to_owned();
+    let (_, pending) = body(response).await;
+    assert_eq!(
+        (pending["status"].as_str(), pending["activation"]["institution_code"].as_str()),
+        (Some("activation_required"), Some("230500002"))
+    );
+    let csrf = pending["csrf_token"].as_str().expect("csrf").to_owned();
+    let (status, refused) =
+        body(client.get(platform.secure_url("/api/session")).header("cookie", &cookie).send().await.expect("whoAmI"))
+            .await;
+    assert_eq!((status, refused["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("activation_required")));
+
+    let page = client.get(platform.secure_url("/activate")).header("cookie", &cookie).send().await.expect("page");
+    let html = page.text().await.expect("html");
+    assert!(
+        html.contains("密钥激活") && html.contains("双鸭山市社会保险事业中心") && html.contains("230500002"),
+        "{html}"
+    );
+
+    let activation = |institution_code: &str| {
+        json!({ "category": "pension_key", "agreement_accepted": true, "institution_code": institution_code,
+                "unit_name": "双鸭山市教育局", "agency_code": "230500" })
+    };
+    let (status, wrong) = body(
+        client
+            .post(platform.secure_url("/api/key-activation"))
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf)
+            .json(&activation("230500001"))
+            .send()
+            .await
+            .expect("activateKey"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let codes: Vec<(&str, &str)> = wrong["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|error| Some((error["field"].as_str()?, error["code"].as_str()?)))
+        .collect();
+    assert!(codes.contains(&("institution_code", "institution_mismatch")), "{wrong}");
+    let (status, activated) = body(
+        client
+            .post(platform.secure_url("/api/key-activation"))
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf)
+            .json(&activation("230500002"))
+            .send()
+            .await
+            .expect("activateKey"),
+    )
+    .await;
+    assert_eq!(
+        (status, activated["account"]["unit_name"].as_str()),
+        (StatusCode::OK, Some("双鸭山市教育局")),
+        "{activated}"
+    );
+
+    let session = signed_in(&platform, &legacy).await;
+    let (status, me) = body(
+        client.get(platform.secure_url("/api/session")).header("cookie", &session.cookie).send().await.expect("whoAmI"),
+    )
+    .await;
+    assert_eq!((status, me["account"]["institution_code"].as_str()), (StatusCode::OK, Some("230500002")));
+
+    // A unit sees only its own record.
+    let caller = |code: &str| {
+        Some(proto::common::Caller {
+            actor: "gz-0002".into(),
+            role: "unit_operator".into(),
+            institution_code: code.into(),
+            ..Default::default()
+        })
+    };
+    let mut units =
+        proto::units::units_client::UnitsClient::new(platform.platform.channel(proto::names::Service::Units));
+    let refused = units
+        .get_unit_record(proto::units::GetUnitRecordRequest {
+            caller: caller("230500002"),
+            institution_code: "230500001".into(),
+        })
+        .await
+        .expect_err("another unit's record");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    eventually(Duration::from_secs(20), "its own draft record", || {
+        let mut units = units.clone();
+        async move {
+            units
+                .get_unit_record(proto::units::GetUnitRecordRequest {
+                    caller: caller("230500002"),
+                    institution_code: String::new(),
+                })
+                .await
+                .is_ok_and(|record| record.into_inner().state == "draft")
+        }
+    })
+    .await;
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_ends_after_the_idle_timeout_but_not_while_it_is_used() {
+    let platform = platform_with_registry(|gateway| gateway.session_idle = Duration::from_secs(2)).await;
+    let unit = platform.unit_with_key().await;
+    let session = signed_in(&platform, &unit).await;
+    let client = platform.https_client(Some(&unit));
+    let who = || async {
+        client.get(platform.secure_url("/api/session")).header("cookie", &session.cookie).send().await.expect("whoAmI")
+    };
+
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(who().await.status(), StatusCode::OK, "each request restarts the idle timer");
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, expired) = body(who().await).await;
+    assert_eq!((status, expired["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("session_expired")));
+    platform.stop().await;
+}

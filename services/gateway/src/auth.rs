@@ -199,7 +199,7 @@ pub async fn who_am_i(signed_in: SignedIn) -> Response {
 
 /// `logout`: DELETE /api/session.
 pub async fn logout_api(State(state): State<AppState>, signed_in: SignedIn) -> Response {
-    state.sessions.delete(&signed_in.token).await;
+    crate::session::end_session(&state, &signed_in.token, &signed_in.session, &signed_in.remote, "logout").await;
     let mut response = StatusCode::NO_CONTENT.into_response();
     for (name, value) in crate::session::cleared_cookies() {
         response.headers_mut().append(name, value);
@@ -337,7 +337,7 @@ pub async fn login_submit(
 }
 
 pub async fn logout_submit(State(state): State<AppState>, signed_in: SignedIn) -> Response {
-    state.sessions.delete(&signed_in.token).await;
+    crate::session::end_session(&state, &signed_in.token, &signed_in.session, &signed_in.remote, "logout").await;
     let mut response = Redirect::to("/login?reason=signed_out").into_response();
     for (name, value) in crate::session::cleared_cookies() {
         response.headers_mut().append(name, value);

@@ -312,6 +312,15 @@ impl IntoResponse for NotSignedIn {
     }
 }
 
+/// Ends a session and has identity audit it; the audit is best effort, since the session is gone either way.
+pub async fn end_session(state: &AppState, token: &str, session: &SessionData, remote: &str, reason: &str) {
+    state.sessions.delete(token).await;
+    let request = proto::identity::LogoutRequest { caller: session.caller(remote), reason: reason.to_owned() };
+    if let Err(status) = crate::keys::identity(state).logout(request).await {
+        tracing::warn!(code = ?status.code(), "cannot audit the end of a session");
+    }
+}
+
 /// The session of a request, checked against the certificate the request came with and the revocation list.
 async fn session_of(parts: &Parts, state: &AppState) -> Result<(SessionData, String, String, Vec<u8>), NotSignedIn> {
     let api = parts.uri.path().starts_with("/api/");
@@ -338,11 +347,11 @@ async fn session_of(parts: &Parts, state: &AppState) -> Result<(SessionData, Str
         constant_time_eq(fingerprint_hex(der).as_bytes(), session.certificate_fingerprint.as_bytes())
     });
     if !same_certificate {
-        state.sessions.delete(&token).await;
+        end_session(state, &token, &session, &remote, "certificate_changed").await;
         return Err(refuse("certificate_changed", "请使用登录时的密钥（证书）", true));
     }
     if state.trust.is_revoked(&session.certificate_serial) {
-        state.sessions.delete(&token).await;
+        end_session(state, &token, &session, &remote, "certificate_revoked").await;
         return Err(refuse("certificate_revoked", "该证书已吊销，不能再使用", true));
     }
     Ok((session, token, remote, certificate.unwrap_or_default()))

@@ -10,8 +10,8 @@ use proto::identity::{
     ActivateKeyRequest, CertificateInfo, CreateAccountRequest, CreatedAccount, GetTrustBundleRequest,
     ImportLegacyKeysRequest, IssueCertificateRequest, IssuedCertificate, ListAccountsReply, ListAccountsRequest,
     ListAgenciesReply, ListAgenciesRequest, ListCertificatesReply, ListCertificatesRequest, ListKeyApplicationsReply,
-    ListKeyApplicationsRequest, LoginReply, LoginRequest, RenewCertificateRequest, RevokeCertificateRequest,
-    TrustBundle,
+    ListKeyApplicationsRequest, LoginReply, LoginRequest, LogoutReply, LogoutRequest, RenewCertificateRequest,
+    RevokeCertificateRequest, TrustBundle,
 };
 use proto::identity::{
     ApplyForKeyRequest, ChangeKeyPasswordRequest, GetKeyApplicationRequest, ImportFileRequest, ImportReport,
@@ -444,6 +444,22 @@ impl Identity for IdentityApi {
         let actor = actor(request.caller);
         let password = SecretString::from(request.password);
         self.accounts.login(&actor, &request.certificate_der, &request.username, password).await.map(Response::new)
+    }
+
+    async fn logout(&self, request: Request<LogoutRequest>) -> Result<Response<LogoutReply>, Status> {
+        let request = request.into_inner();
+        let actor = actor(request.caller);
+        let object = format!("account:{}", actor.name);
+        let record = kit::audit::Record {
+            actor: &actor,
+            action: "logout",
+            object: &object,
+            outcome: kit::audit::Outcome::Success,
+            detail: serde_json::json!({ "reason": request.reason }),
+        };
+        let mut connection = self.runtime.pool.acquire().await.map_err(kit::db::status)?;
+        kit::audit::append(&mut connection, &record).await.map_err(kit::db::status)?;
+        Ok(Response::new(LogoutReply {}))
     }
 
     async fn activate_key(&self, request: Request<ActivateKeyRequest>) -> Result<Response<LoginReply>, Status> {
