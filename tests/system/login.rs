@@ -464,21 +464,17 @@ async fn a_legacy_key_is_activated_through_the_api_and_then_logs_in_directly() {
         "{html}"
     );
 
-    let activation = |institution_code: &str| {
-        json!({ "category": "pension_key", "agreement_accepted": true, "institution_code": institution_code,
-                "unit_name": "双鸭山市教育局", "agency_code": "230500" })
-    };
-    let (status, wrong) = body(
-        client
+    let activate =
+        |institution_code: &str| {
+            let request = client
             .post(platform.secure_url("/api/key-activation"))
             .header("cookie", &cookie)
             .header("x-csrf-token", &csrf)
-            .json(&activation("230500001"))
-            .send()
-            .await
-            .expect("activateKey"),
-    )
-    .await;
+            .json(&json!({ "category": "pension_key", "agreement_accepted": true, "institution_code": institution_code,
+                           "unit_name": "双鸭山市教育局", "agency_code": "230500" }));
+            async move { body(request.send().await.expect("activateKey")).await }
+        };
+    let (status, wrong) = activate("230500001").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let codes: Vec<(&str, &str)> = wrong["errors"]
         .as_array()
@@ -487,17 +483,7 @@ async fn a_legacy_key_is_activated_through_the_api_and_then_logs_in_directly() {
         .filter_map(|error| Some((error["field"].as_str()?, error["code"].as_str()?)))
         .collect();
     assert!(codes.contains(&("institution_code", "institution_mismatch")), "{wrong}");
-    let (status, activated) = body(
-        client
-            .post(platform.secure_url("/api/key-activation"))
-            .header("cookie", &cookie)
-            .header("x-csrf-token", &csrf)
-            .json(&activation("230500002"))
-            .send()
-            .await
-            .expect("activateKey"),
-    )
-    .await;
+    let (status, activated) = activate("230500002").await;
     assert_eq!(
         (status, activated["account"]["unit_name"].as_str()),
         (StatusCode::OK, Some("双鸭山市教育局")),

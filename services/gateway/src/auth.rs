@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use bytes::Bytes;
 use minijinja::context;
 use proto::common::Caller;
-use proto::identity::{ActivateKeyRequest, ListAgenciesRequest, LoginReply, LoginRequest};
+use proto::identity::{ActivateKeyRequest, LoginReply, LoginRequest};
 use proto::names::Service;
 use proto::units::GetUnitRecordRequest;
 use proto::units::units_client::UnitsClient;
@@ -352,12 +352,7 @@ async fn render_activation(
     errors: BTreeMap<String, String>,
     message: String,
 ) -> Response {
-    let agencies = identity(state)
-        .list_agencies(ListAgenciesRequest {})
-        .await
-        .map(|reply| reply.into_inner().agencies)
-        .unwrap_or_default();
-    let agencies: Vec<(String, String)> = agencies.into_iter().map(|agency| (agency.code, agency.name)).collect();
+    let agencies = crate::keys::agency_options(state).await;
     let institution_code = if form.institution_code.is_empty() {
         activating.activation.institution_code.clone()
     } else {

@@ -25,6 +25,16 @@ pub fn identity(state: &AppState) -> IdentityClient<kit::rpc::NatsChannel> {
     IdentityClient::new(state.platform.channel(Service::Identity))
 }
 
+/// The handling agencies as (code, name), for a page's choice list; empty when identity cannot answer, and the
+/// form's submission then says what is wrong.
+pub async fn agency_options(state: &AppState) -> Vec<(String, String)> {
+    identity(state)
+        .list_agencies(proto::identity::ListAgenciesRequest {})
+        .await
+        .map(|reply| reply.into_inner().agencies.into_iter().map(|agency| (agency.code, agency.name)).collect())
+        .unwrap_or_default()
+}
+
 /// The caller of a public page or API call.
 pub fn public_caller(remote: SocketAddr) -> Option<Caller> {
     Some(Caller {

@@ -14,8 +14,7 @@ use bytes::Bytes;
 use minijinja::{Value, context};
 use proto::identity::{
     CertificateInfo, CreateAccountRequest, IssueCertificateRequest, IssuedCertificate, ListAccountsRequest,
-    ListAgenciesRequest, ListCertificatesRequest, ListKeyApplicationsRequest, RenewCertificateRequest,
-    RevokeCertificateRequest,
+    ListCertificatesRequest, ListKeyApplicationsRequest, RenewCertificateRequest, RevokeCertificateRequest,
 };
 use serde::{Deserialize, Serialize};
 
@@ -421,12 +420,7 @@ async fn accounts_view(
     if let Err(error) = signed_in.require(&ACCOUNT_ADMINS) {
         return denied(state, signed_in, &error);
     }
-    let agencies = identity(state)
-        .list_agencies(ListAgenciesRequest {})
-        .await
-        .map(|reply| reply.into_inner().agencies)
-        .unwrap_or_default();
-    let agencies: Vec<(String, String)> = agencies.into_iter().map(|agency| (agency.code, agency.name)).collect();
+    let agencies = crate::keys::agency_options(state).await;
     let accounts = identity(state)
         .list_accounts(ListAccountsRequest { caller: signed_in.caller() })
         .await

@@ -162,12 +162,13 @@ impl Sessions {
         }
     }
 
+    // Usernames are counted case-folded, so varying the case of one name does not buy more tries.
     fn lock_key(&self, username: &str) -> String {
-        self.redis.key(&format!("login:lock:{username}"))
+        self.redis.key(&format!("login:lock:{}", username.to_lowercase()))
     }
 
     fn failures_key(&self, username: &str) -> String {
-        self.redis.key(&format!("login:failures:{username}"))
+        self.redis.key(&format!("login:failures:{}", username.to_lowercase()))
     }
 
     /// Seconds the account stays locked, if it is.
