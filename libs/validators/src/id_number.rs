@@ -7,7 +7,8 @@ use time::{Date, Month};
 
 const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
 const CHECK_CHARS: &[u8; 11] = b"10X98765432";
-const PROVINCES: [u32; 34] = [
+/// The province codes (first two digits) GB 11643 and GB/T 2260 allow.
+pub const PROVINCES: [u32; 34] = [
     11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45, 46, 50, 51, 52, 53, 54, 61, 62, 63,
     64, 65, 71, 81, 82,
 ];
@@ -100,9 +101,50 @@ impl IdNumber {
         &self.0
     }
 
+    /// The birth date the number carries (already checked to be real and not in the future).
+    pub fn birth_date(&self) -> Date {
+        let number = |range: std::ops::Range<usize>| self.0[range].parse::<u32>().unwrap_or(1);
+        let month = Month::try_from(u8::try_from(number(10..12)).unwrap_or(1)).unwrap_or(Month::January);
+        Date::from_calendar_date(
+            i32::try_from(number(6..10)).unwrap_or(1900),
+            month,
+            u8::try_from(number(12..14)).unwrap_or(1),
+        )
+        .unwrap_or(Date::MIN)
+    }
+
+    /// The sex the sequence number carries: odd for men.
+    pub fn sex(&self) -> Sex {
+        if self.0.as_bytes()[16] % 2 == 1 { Sex::Male } else { Sex::Female }
+    }
+
     /// The form lists, logs and pages show: the first 6 and last 4 characters, `230102********1234`.
     pub fn masked(&self) -> String {
         format!("{}********{}", &self.0[..6], &self.0[14..])
+    }
+}
+
+/// 性别, as GB/T 2261.1 codes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sex {
+    Male,
+    Female,
+}
+
+impl Sex {
+    /// The GB/T 2261.1 code: "1" male, "2" female.
+    pub fn code(self) -> &'static str {
+        match self {
+            Sex::Male => "1",
+            Sex::Female => "2",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Sex::Male => "男",
+            Sex::Female => "女",
+        }
     }
 }
 
@@ -146,6 +188,16 @@ mod tests {
         assert_eq!(IdNumber::parse("110105194913310020", TODAY), Err(IdNumberError::BirthDate));
         assert_eq!(IdNumber::parse("110105203001010010", TODAY), Err(IdNumberError::BirthDate));
         assert_eq!(IdNumber::parse("110105194912310021", TODAY), Err(IdNumberError::CheckDigit));
+    }
+
+    #[test]
+    fn sex_and_birth_date_come_from_the_number() {
+        let id = IdNumber::parse("11010519491231002X", TODAY).expect("valid");
+        assert_eq!((id.sex(), id.birth_date()), (Sex::Female, date!(1949 - 12 - 31)), "sequence 002 is even");
+        let id = IdNumber::parse("440524188001010014", TODAY).expect("valid");
+        assert_eq!(id.sex(), Sex::Male);
+        let id = IdNumber::parse("230502199002152344", TODAY).expect("valid");
+        assert_eq!((id.sex(), id.birth_date()), (Sex::Female, date!(1990 - 02 - 15)));
     }
 
     #[test]

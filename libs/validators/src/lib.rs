@@ -3,8 +3,11 @@
 //! the same rules and tests can run them by the million.
 
 pub mod credit_code;
+pub mod fields;
 pub mod id_number;
+pub mod org_code;
 pub mod text;
 
 pub use credit_code::{CreditCodeError, parse_credit_code};
-pub use id_number::{IdNumber, IdNumberError};
+pub use id_number::{IdNumber, IdNumberError, Sex};
+pub use org_code::{OrgCodeError, org_code_of_credit_code, parse_org_code};
