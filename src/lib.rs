@@ -15,10 +15,12 @@ use tokio_util::sync::CancellationToken;
 pub struct AllInOneConfig {
     pub identity: identity::Config,
     pub units: ServiceConfig,
-    pub personnel: ServiceConfig,
+    pub personnel: personnel::Config,
     pub printing: ServiceConfig,
     pub gateway: gateway::Config,
     pub redis: RedisConfig,
+    /// The development population registry (公安库 stand-in), off unless `population.enabled`.
+    pub population: personnel::population::DevelopmentConfig,
 }
 
 impl AllInOneConfig {
@@ -30,6 +32,7 @@ impl AllInOneConfig {
             printing: settings.section("printing")?,
             gateway: settings.section("gateway")?,
             redis: settings.section("redis")?,
+            population: settings.section("population")?,
         })
     }
 }
@@ -42,12 +45,16 @@ pub struct AllInOne {
     personnel: personnel::App,
     printing: printing::App,
     gateway: gateway::App,
+    population: Option<personnel::population::DevelopmentServer>,
 }
 
 impl AllInOne {
     pub async fn build(config: &AllInOneConfig, platform: &Platform) -> anyhow::Result<Self> {
         let redis = Redis::connect(&config.redis).context("redis configuration")?;
+        // The stand-in registry first, so personnel's first checks find it.
+        let population = personnel::population::DevelopmentServer::build(&config.population).await?;
         Ok(Self {
+            population,
             identity: identity::build(&config.identity, platform, false).await?,
             units: units::build(&config.units, platform, false).await?,
             personnel: personnel::build(&config.personnel, platform, false).await?,
@@ -71,13 +78,20 @@ impl AllInOne {
     /// Runs every component until `shutdown` is cancelled; each stops taking requests, finishes those in flight
     /// and flushes its outbox.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let (identity, units, personnel, printing, gateway) = tokio::join!(
+        let population = async {
+            match self.population {
+                Some(server) => server.run(shutdown.clone()).await,
+                None => Ok(()),
+            }
+        };
+        let (identity, units, personnel, printing, gateway, population) = tokio::join!(
             self.identity.run(shutdown.clone()),
             self.units.run(shutdown.clone()),
             self.personnel.run(shutdown.clone()),
             self.printing.run(shutdown.clone()),
             self.gateway.run(shutdown.clone()),
+            population,
         );
-        identity.and(units).and(personnel).and(printing).and(gateway)
+        identity.and(units).and(personnel).and(printing).and(gateway).and(population)
     }
 }

@@ -32,6 +32,11 @@ pub mod pension {
             include!(concat!(env!("OUT_DIR"), "/pension.personnel.v1.rs"));
         }
     }
+    pub mod population {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/pension.population.v1.rs"));
+        }
+    }
     pub mod printing {
         pub mod v1 {
             include!(concat!(env!("OUT_DIR"), "/pension.printing.v1.rs"));
@@ -53,6 +58,7 @@ pub use pension::common::v1 as common;
 pub use pension::events::v1 as events;
 pub use pension::identity::v1 as identity;
 pub use pension::personnel::v1 as personnel;
+pub use pension::population::v1 as population;
 pub use pension::printing::v1 as printing;
 pub use pension::testing::v1 as testing;
 pub use pension::units::v1 as units;

@@ -77,6 +77,15 @@ pub async fn spawn_platform_with(
         databases.push(database);
         config
     };
+    // The development population registry, on a port and database of this platform's own.
+    let population_port = kit::testing::free_port();
+    let population_database = TestDatabase::create_on(database_admin_url).await;
+    let population = personnel::population::DevelopmentConfig {
+        enabled: true,
+        addr: SocketAddr::from(([127, 0, 0, 1], population_port)),
+        file: Some(std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/demo/population.csv"))),
+        database: population_database.config(),
+    };
     let ca_dir = tempfile::tempdir().expect("temporary directory");
     let ca = identity::ca::init_development(ca_dir.path(), &["localhost".to_owned(), "127.0.0.1".to_owned()])
         .expect("a development CA");
@@ -102,11 +111,17 @@ pub async fn spawn_platform_with(
             ..identity::Config::default()
         },
         units: service_config().await,
-        personnel: service_config().await,
+        personnel: personnel::Config {
+            service: service_config().await,
+            population_registry_url: format!("http://127.0.0.1:{population_port}"),
+            ..personnel::Config::default()
+        },
         printing: service_config().await,
         gateway,
         redis,
+        population,
     };
+    databases.push(population_database);
     let all = AllInOne::build(&config, &platform).await.expect("the platform builds");
     let (http_port, grpc_port, https_port) = (all.http_port(), all.grpc_port(), all.https_port());
     let shutdown = CancellationToken::new();

@@ -30,6 +30,11 @@ pub fn invalid(violations: Vec<Violation>) -> Status {
         .first()
         .map(|first| (first.code.clone(), first.message.clone()))
         .unwrap_or_else(|| ("invalid_argument".to_owned(), "请求内容有误".to_owned()));
+    with_violations(Code::InvalidArgument, &reason, message, violations)
+}
+
+/// A refusal with `code`, a stable `reason` and field violations, e.g. warnings a save needs accepted.
+pub fn with_violations(code: Code, reason: &str, message: impl Into<String>, violations: Vec<Violation>) -> Status {
     let field_violations = violations
         .into_iter()
         .map(|violation| FieldViolation {
@@ -38,7 +43,7 @@ pub fn invalid(violations: Vec<Violation>) -> Status {
         })
         .collect::<Vec<_>>();
     Status::with_error_details_vec(
-        Code::InvalidArgument,
+        code,
         message,
         vec![
             ErrorDetail::ErrorInfo(ErrorInfo::new(reason, DOMAIN, [])),

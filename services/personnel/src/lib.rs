@@ -1,15 +1,34 @@
-//! The personnel service: in-service staff, retirees before and after 2014-10-01, import jobs and declared roster
-//! snapshots, in its own database.
+//! The personnel service: in-service staff (工作人员), retirees who retired before 2014-10-01 and those who retired on
+//! or after it, in its own database; later import jobs and declared roster snapshots.
 //!
-//! This first version serves the readiness probe (`GetStatus`) over NATS RPC and gRPC; the journeys add people,
-//! checks, imports and roster snapshots.
+//! Modules in reading order: this file (configuration, start-up, the gRPC face), `check` (every rule of a person, a
+//! pure function), `codes` (the code lists), `people` (校验, 保存, 待办业务 and their storage), `population` (the
+//! population registry client and the development registry), `sealing` (ID numbers and accounts at rest).
+
+pub mod check;
+mod codes;
+mod people;
+pub mod population;
+pub mod sealing;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use kit::process::Process;
 use kit::service::{Platform, Runtime, ServiceApp, ServiceConfig, ServiceDefaults};
 use proto::names::Service;
 use proto::personnel::personnel_server::{Personnel, PersonnelServer};
+use proto::personnel::{
+    CheckPersonRequest, CheckReply, Code, CodeList, CreatePersonRequest, DeletePersonReply, DeletePersonRequest,
+    GetPersonRequest, ListCodesReply, ListCodesRequest, ListPersonsReply, ListPersonsRequest, Person, PersonReply,
+    UpdatePersonRequest,
+};
+use secrecy::SecretString;
+use serde::Deserialize;
 use sqlx::migrate::Migrator;
 use tonic::{Request, Response, Status};
+
+use crate::people::People;
 
 /// The service's schema, applied at start-up after kit's tables.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/personnel");
@@ -18,20 +37,90 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/personnel");
 pub const DEFAULTS: ServiceDefaults =
     ServiceDefaults { service: Service::Personnel, database: "pension_personnel", grpc_port: 50062, admin_port: 8093 };
 
+/// Keys used when none is configured: fine for development and tests, never for production (a warning says so).
+const DEVELOPMENT_DATA_KEY: &str = "development-only-personnel-data-key";
+const DEVELOPMENT_INDEX_KEY: &str = "development-only-personnel-index-key";
+
+/// The `personnel` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    #[serde(flatten)]
+    pub service: ServiceConfig,
+    /// AES-256-GCM key of ID numbers and accounts at rest: 32 bytes, base64 (a Kubernetes secret).
+    pub data_key: Option<SecretString>,
+    /// The version stored with each sealed value, so keys can be rotated.
+    pub data_key_version: i32,
+    /// HMAC key of the ID-number blind index.
+    pub index_key: Option<SecretString>,
+    /// The population registry (公安库) gRPC address; empty: none, every check warns it could not ask.
+    pub population_registry_url: String,
+    /// How long a 校验 waits for the registry before warning 公安库暂时无法校验.
+    #[serde(with = "kit::config::millis")]
+    pub population_timeout: Duration,
+    /// How often people the registry did not answer for are asked about again.
+    #[serde(with = "kit::config::millis")]
+    pub population_recheck: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            service: ServiceConfig::default(),
+            data_key: None,
+            data_key_version: 1,
+            index_key: None,
+            population_registry_url: "http://127.0.0.1:50070".into(),
+            population_timeout: Duration::from_millis(300),
+            population_recheck: Duration::from_secs(60),
+        }
+    }
+}
+
 /// The service, bound and ready to run.
 pub type App = ServiceApp<PersonnelServer<PersonnelApi>>;
 
-/// Connects, migrates and binds the service. `serve_admin` is false when the process serves the admin endpoints
-/// itself (`pension all`).
-pub async fn build(config: &ServiceConfig, platform: &Platform, serve_admin: bool) -> anyhow::Result<App> {
-    let runtime = Runtime::start(&DEFAULTS, &config.database, &MIGRATOR, platform).await?;
-    let api = PersonnelApi { runtime: runtime.clone() };
-    ServiceApp::bind(runtime, PersonnelServer::new(api), (config, &DEFAULTS), platform, serve_admin).await
+fn key_or_development(key: &Option<SecretString>, name: &str, development: &str) -> SecretString {
+    key.clone().unwrap_or_else(|| {
+        tracing::warn!("personnel.{name} is not set: using the development key (never do this in production)");
+        SecretString::from(development)
+    })
+}
+
+/// Connects, migrates and binds the service, with the population re-check beside it. `serve_admin` is false when
+/// the process serves the admin endpoints itself (`pension all`).
+pub async fn build(config: &Config, platform: &Platform, serve_admin: bool) -> anyhow::Result<App> {
+    let runtime = Runtime::start(&DEFAULTS, &config.service.database, &MIGRATOR, platform).await?;
+    let sealer = sealing::Sealer::new(
+        &key_or_development(&config.data_key, "data_key", DEVELOPMENT_DATA_KEY),
+        config.data_key_version,
+        key_or_development(&config.index_key, "index_key", DEVELOPMENT_INDEX_KEY),
+    )?;
+    let codes = codes::CodeLists::load(&runtime.pool).await?;
+    let registry = population::Registry::new(&config.population_registry_url, config.population_timeout)?;
+    let people = People { pool: runtime.pool.clone(), sealer, codes, registry };
+    let api = PersonnelApi { runtime: runtime.clone(), people: Arc::new(people.clone()) };
+    let app = ServiceApp::bind(runtime, PersonnelServer::new(api), (&config.service, &DEFAULTS), platform, serve_admin)
+        .await?;
+    let interval = config.population_recheck;
+    Ok(app.with_background(move |shutdown| async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            match people.recheck_pending().await {
+                Ok(0) => {}
+                Ok(settled) => tracing::info!(settled, "population registry answered for people checked earlier"),
+                Err(error) => tracing::warn!(%error, "cannot re-check people with the population registry"),
+            }
+        }
+    }))
 }
 
 /// Runs the service as its own process until shutdown.
 pub async fn run(process: Process) -> anyhow::Result<()> {
-    let config: ServiceConfig = process.settings.section("personnel")?;
+    let config: Config = process.settings.section("personnel")?;
     let platform = Platform::connect(&process, "personnel").await?;
     build(&config, &platform, true).await?.run(process.shutdown.clone()).await
 }
@@ -40,6 +129,7 @@ pub async fn run(process: Process) -> anyhow::Result<()> {
 #[derive(Debug, Clone)]
 pub struct PersonnelApi {
     runtime: Runtime,
+    people: Arc<People>,
 }
 
 #[tonic::async_trait]
@@ -49,5 +139,73 @@ impl Personnel for PersonnelApi {
         _request: Request<proto::common::GetStatusRequest>,
     ) -> Result<Response<proto::common::ServiceStatus>, Status> {
         self.runtime.status().await.map(Response::new)
+    }
+
+    async fn check_person(&self, request: Request<CheckPersonRequest>) -> Result<Response<CheckReply>, Status> {
+        let request = request.into_inner();
+        let caller = request.caller.unwrap_or_default();
+        let unit = people::unit_of(&caller, "", true)?;
+        let (input, _) = people::input_of(request.person.unwrap_or_default());
+        let editing = request.person_id.trim().parse().ok();
+        let (checked, _) = self.people.check(&unit, &input, editing).await?;
+        Ok(Response::new(people::reply_of(&checked)))
+    }
+
+    async fn create_person(&self, request: Request<CreatePersonRequest>) -> Result<Response<PersonReply>, Status> {
+        let request = request.into_inner();
+        let caller = request.caller.unwrap_or_default();
+        let (input, accepted) = people::input_of(request.person.unwrap_or_default());
+        let (person, check) = self.people.save(&caller, None, input, accepted).await?;
+        Ok(Response::new(PersonReply { person: Some(person), check: Some(check) }))
+    }
+
+    async fn update_person(&self, request: Request<UpdatePersonRequest>) -> Result<Response<PersonReply>, Status> {
+        let request = request.into_inner();
+        let caller = request.caller.unwrap_or_default();
+        let person_id = request
+            .person_id
+            .trim()
+            .parse()
+            .map_err(|_| kit::status::refuse(tonic::Code::NotFound, "person_not_found", "没有找到该人员"))?;
+        let (input, accepted) = people::input_of(request.person.unwrap_or_default());
+        let (person, check) = self.people.save(&caller, Some(person_id), input, accepted).await?;
+        Ok(Response::new(PersonReply { person: Some(person), check: Some(check) }))
+    }
+
+    async fn get_person(&self, request: Request<GetPersonRequest>) -> Result<Response<Person>, Status> {
+        let request = request.into_inner();
+        self.people.get(&request.caller.unwrap_or_default(), &request.person_id).await.map(Response::new)
+    }
+
+    async fn list_persons(&self, request: Request<ListPersonsRequest>) -> Result<Response<ListPersonsReply>, Status> {
+        let request = request.into_inner();
+        let caller = request.caller.unwrap_or_default();
+        self.people
+            .list(&caller, &request.institution_code, &request.kind, &request.name, request.page, request.page_size)
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete_person(
+        &self,
+        request: Request<DeletePersonRequest>,
+    ) -> Result<Response<DeletePersonReply>, Status> {
+        let request = request.into_inner();
+        self.people.delete(&request.caller.unwrap_or_default(), &request.person_id).await?;
+        Ok(Response::new(DeletePersonReply {}))
+    }
+
+    async fn list_codes(&self, _request: Request<ListCodesRequest>) -> Result<Response<ListCodesReply>, Status> {
+        let lists = self
+            .people
+            .codes
+            .all()
+            .iter()
+            .map(|(name, codes)| CodeList {
+                name: name.clone(),
+                codes: codes.iter().map(|(code, label)| Code { code: code.clone(), label: label.clone() }).collect(),
+            })
+            .collect();
+        Ok(Response::new(ListCodesReply { lists }))
     }
 }
