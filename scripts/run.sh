@@ -21,6 +21,9 @@ export PENSION__IDENTITY__CA__KEY_FILE="$PWD/.run/ca/ca.key"
 export PENSION__GATEWAY__TLS_CERTIFICATE_FILE="$PWD/.run/ca/server.crt"
 export PENSION__GATEWAY__TLS_KEY_FILE="$PWD/.run/ca/server.key"
 https_port=8443
+# The development population registry (公安库 stand-in) on 127.0.0.1:50070, knowing most of the demo unit's people.
+export PENSION__POPULATION__ENABLED=true
+export PENSION__POPULATION__FILE="$PWD/demo/population.csv"
 "$binary" all > >(tee .run/pension.log) 2>&1 &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid' INT TERM
@@ -38,7 +41,8 @@ done
 # The demo registry, so that a key can be applied for at once; loading it again changes nothing.
 "$binary" agencies import demo/agencies.csv
 "$binary" registry import demo/registry.csv
-# The demo accounts (once): a unit whose key the CA made, an agency reviewer, a CA operator, a province admin.
+# The demo accounts (once): a unit whose key the CA made, an agency reviewer, a CA operator, a province admin; and
+# the demo unit's record, a dozen staff and a few retirees (whenever the unit has no people).
 "$binary" demo seed --out .run
 account() { # role field
   python3 -c 'import json,sys; a=[x for x in json.load(open(".run/demo.json"))["accounts"] if x["role"]==sys.argv[1]][0]; print(a[sys.argv[2]])' "$1" "$2"
@@ -70,6 +74,9 @@ cat <<MSG
     agency reviewer  reviewer / $(account agency_reviewer password)
     CA operator      ca.operator / $(account ca_operator password)
     province admin   province.admin / $(account province_admin password)
+
+  After logging in, the unit operator finds its record at https://127.0.0.1:$https_port/unit and its people
+  (待办业务: staff and both kinds of retirees) at https://127.0.0.1:$https_port/persons.
 
   From the command line (the JSON API):
     curl --cacert .run/ca/ca.crt --cert $unit_cert --key $unit_key \\

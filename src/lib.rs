@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 pub struct AllInOneConfig {
     pub identity: identity::Config,
-    pub units: ServiceConfig,
+    pub units: units::Config,
     pub personnel: personnel::Config,
     pub printing: ServiceConfig,
     pub gateway: gateway::Config,

@@ -107,6 +107,28 @@ async fn fill(browser: &Client, id: &str, value: &str) {
     input.send_keys(value).await.expect("type");
 }
 
+/// A date input's value: typed keys go through the locale's date widget, which a person uses with the picker.
+async fn set_date(browser: &Client, id: &str, value: &str) {
+    element(browser, Locator::Id(id)).await;
+    browser
+        .execute("document.getElementById(arguments[0]).value = arguments[1];", vec![json!(id), json!(value)])
+        .await
+        .expect("set the date");
+}
+
+/// Every field message on the page, for a failing assertion to show.
+async fn field_errors(browser: &Client) -> Vec<String> {
+    let mut messages = Vec::new();
+    for error in browser.find_all(Locator::Css(".error")).await.unwrap_or_default() {
+        messages.push(format!(
+            "{}: {}",
+            error.attr("id").await.ok().flatten().unwrap_or_default(),
+            error.text().await.unwrap_or_default()
+        ));
+    }
+    messages
+}
+
 #[tokio::test]
 async fn a_unit_applies_for_a_key_and_withdraws_it_through_the_pages() {
     let platform = spawn_isolated_platform().await;
@@ -316,6 +338,121 @@ async fn the_ca_operator_makes_the_key_and_the_unit_logs_in_and_sees_its_main_pa
     }
     assert!(unit.contains("双鸭山市教育局") && unit.contains("录入中"), "{unit}");
     screenshot(&browser, "14-unit-main-page").await;
+
+    browser.close().await.expect("close the browser");
+    platform.stop().await;
+}
+
+/// Journey 2 in the browser: the unit operator fills in its record (a mistyped post code shown at its field), then
+/// adds a staff member as the manual describes it: a bad ID number is named at its field by 校验 and 保存 stays
+/// disabled; fixed, 校验 passes and shows the sex and birth date it derived; 保存 lists the person in 待办业务 with
+/// the ID number masked.
+#[tokio::test]
+async fn a_unit_keeps_its_record_and_registers_a_staff_member_through_the_pages() {
+    let platform = crate::helpers::spawn_isolated_with(|gateway| {
+        gateway.client_certificates = gateway::ClientCertificateMode::Header
+    })
+    .await;
+    platform.load_demo_registry().await;
+    let unit = platform.unit_with_key().await;
+    let ingress = crate::ingress::Ingress::start(platform.https_port).await;
+    ingress.present(Some(&unit.certificate_pem));
+    let driver = start_chromedriver().await;
+    let profile = tempfile::tempdir().expect("profile folder");
+    let browser = open_browser(&driver, profile.path()).await;
+
+    browser.goto(&ingress.url("/login")).await.expect("login page");
+    fill(&browser, "username", &unit.username).await;
+    fill(&browser, "password", &unit.password).await;
+    element(&browser, Locator::Id("login")).await.click().await.expect("click");
+    assert_eq!(text_of(&browser, "#role").await, "单位经办员");
+    // The draft record arrives through identity's first-login event.
+    let mut unit_page_heading = String::new();
+    for _ in 0..40 {
+        browser.goto(&ingress.url("/unit")).await.expect("unit page");
+        unit_page_heading = text_of(&browser, "h1").await;
+        if unit_page_heading.contains("参保单位确认信息") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(unit_page_heading.contains("参保单位确认信息"), "{unit_page_heading}");
+
+    for (id, value) in [
+        ("region_code", "230502"),
+        ("legal_representative", "王建国"),
+        ("address", "双鸭山市尖山区新兴大街88号"),
+        ("post_code", "15510"),
+        ("contact_name", "张伟"),
+        ("contact_phone", "0469-4221234"),
+        ("clerk_name", "张伟"),
+        ("clerk_phone", "13804691234"),
+        ("bank_name", "中国工商银行双鸭山分行"),
+        ("bank_account_name", "双鸭山市财政局"),
+        ("bank_account", "0907021009000012345"),
+    ] {
+        fill(&browser, id, value).await;
+    }
+    for (select, option) in [("subordination", "40"), ("funding_source", "1")] {
+        element(&browser, Locator::Css(&format!("#{select} option[value='{option}']")))
+            .await
+            .click()
+            .await
+            .expect("pick");
+    }
+    element(&browser, Locator::Id("save-unit")).await.click().await.expect("save");
+    assert!(text_of(&browser, "#post_code-error").await.contains("邮政编码应为6位数字"));
+    screenshot(&browser, "20-unit-record-post-code").await;
+    fill(&browser, "post_code", "155100").await;
+    element(&browser, Locator::Id("save-unit")).await.click().await.expect("save");
+    assert!(text_of(&browser, "#unit-saved").await.contains("单位信息已保存"));
+    screenshot(&browser, "21-unit-record-saved").await;
+
+    element(&browser, Locator::LinkText("个人管理")).await.click().await.expect("people");
+    element(&browser, Locator::Id("add-person")).await.click().await.expect("add");
+    fill(&browser, "name", "李娜").await;
+    fill(&browser, "id_number", "230502199002152345").await;
+    fill(&browser, "deemed_periods[0].unit", "双鸭山市教育局").await;
+    fill(&browser, "deemed_periods[0].from", "2012-07").await;
+    fill(&browser, "deemed_periods[0].to", "2015-06").await;
+    set_date(&browser, "work_start", "2012-07-01").await;
+    set_date(&browser, "joined_unit", "2015-03-01").await;
+    for (select, option) in [("funding_form", "1"), ("personnel_status", "1"), ("establishment", "1")] {
+        element(&browser, Locator::Css(&format!("#{select} option[value='{option}']")))
+            .await
+            .click()
+            .await
+            .expect("pick");
+    }
+    assert!(!element(&browser, Locator::Id("save")).await.is_enabled().await.expect("state"), "保存 waits for 校验");
+    element(&browser, Locator::Id("check")).await.click().await.expect("check");
+    assert!(text_of(&browser, "#id_number-error").await.contains("校验位"), "the check digit is named at its field");
+    assert!(text_of(&browser, "[id='deemed_periods[0].to-error']").await.contains("2014-09"), "and the period's end");
+    assert!(text_of(&browser, "#error-summary").await.contains("请修改以下2处"));
+    assert_eq!(field_errors(&browser).await.len(), 2, "{:?}", field_errors(&browser).await);
+    assert!(!element(&browser, Locator::Id("save")).await.is_enabled().await.expect("state"));
+    screenshot(&browser, "22-staff-bad-id-number").await;
+    browser.execute("document.getElementById('deemed-periods').scrollIntoView();", vec![]).await.expect("scroll");
+    screenshot(&browser, "22-staff-deemed-period-end").await;
+
+    fill(&browser, "id_number", "230502199002152344").await;
+    fill(&browser, "deemed_periods[0].to", "2014-09").await;
+    element(&browser, Locator::Id("check")).await.click().await.expect("check");
+    element(&browser, Locator::Css("h1")).await;
+    screenshot(&browser, "23-staff-checked").await;
+    assert!(field_errors(&browser).await.is_empty(), "{:?}", field_errors(&browser).await);
+    assert!(text_of(&browser, "#check-ok").await.contains("校验通过"));
+    let derived = text_of(&browser, "#derived").await;
+    assert!(derived.contains("女") && derived.contains("1990-02-15"), "{derived}");
+    element(&browser, Locator::Id("save")).await.click().await.expect("save");
+    assert!(text_of(&browser, "#done").await.contains("已保存：李娜"));
+    let row = text_of(&browser, "#persons tbody tr").await;
+    assert!(row.contains("李娜") && row.contains("230502********2344"), "{row}");
+    assert!(
+        !browser.source().await.expect("source").contains("230502199002152344"),
+        "the list never shows it in clear"
+    );
+    screenshot(&browser, "24-staff-in-pending-list").await;
 
     browser.close().await.expect("close the browser");
     platform.stop().await;

@@ -110,7 +110,7 @@ pub async fn spawn_platform_with(
             },
             ..identity::Config::default()
         },
-        units: service_config().await,
+        units: units::Config { service: service_config().await, ..units::Config::default() },
         personnel: personnel::Config {
             service: service_config().await,
             population_registry_url: format!("http://127.0.0.1:{population_port}"),

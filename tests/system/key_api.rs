@@ -173,6 +173,14 @@ async fn the_openapi_document_names_every_operation() {
         "renewCertificate",
         "revokeCertificate",
         "getCrl",
+        "getMyUnit",
+        "updateMyUnit",
+        "checkPerson",
+        "createPerson",
+        "listPersons",
+        "getPerson",
+        "updatePerson",
+        "deletePerson",
     ] {
         assert!(operations.contains(&expected), "{expected} in {operations:?}");
     }

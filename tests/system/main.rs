@@ -7,4 +7,5 @@ mod helpers;
 mod ingress;
 mod key_api;
 mod login;
+mod people_api;
 mod readiness;

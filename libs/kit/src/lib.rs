@@ -1,6 +1,6 @@
 //! How a service of the platform runs: configuration, telemetry, trace context, shutdown, the admin HTTP endpoints,
-//! the gRPC server, PostgreSQL, Redis, NATS, the NATS RPC transport, the transactional outbox and idempotent
-//! consumers.
+//! the gRPC server, PostgreSQL, Redis, NATS, the NATS RPC transport, the transactional outbox, idempotent
+//! consumers, and sealing of personal numbers at rest.
 //!
 //! **Architecture Invariant:** kit knows nothing of the domain. From `proto` it uses only the names
 //! (`proto::names`) and the platform-level messages (`pension.common.v1`, `ServiceStarted`); it never touches a
@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod process;
 pub mod redis;
 pub mod rpc;
+pub mod sealing;
 pub mod service;
 pub mod shutdown;
 pub mod status;

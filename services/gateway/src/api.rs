@@ -44,7 +44,7 @@ fn public_routes() -> Router<AppState> {
 /// The logged-in port: login, activation, the main page, the operators' work, and the public pages again (so the
 /// site is whole on either port). Every state-changing call of a session needs its CSRF token.
 pub fn secure_router(state: AppState) -> Router {
-    use crate::{auth, operators};
+    use crate::{auth, enrollment, operators};
     Router::new()
         .route("/api/session", post(auth::login_api).get(auth::who_am_i).delete(auth::logout_api))
         .route("/api/key-activation", post(auth::activate_api))
@@ -54,6 +54,18 @@ pub fn secure_router(state: AppState) -> Router {
         .route("/api/certificates/{serial}/renew", post(operators::renew_certificate_api))
         .route("/api/certificates/{serial}/revoke", post(operators::revoke_certificate_api))
         .route("/api/accounts", get(operators::list_accounts_api).post(operators::create_account_api))
+        .route("/api/my-unit", get(enrollment::get_my_unit_api).put(enrollment::update_my_unit_api))
+        .route("/api/persons", get(enrollment::list_persons_api).post(enrollment::create_person_api))
+        .route("/api/persons/check", post(enrollment::check_person_api))
+        .route(
+            "/api/persons/{person_id}",
+            get(enrollment::get_person_api).put(enrollment::update_person_api).delete(enrollment::delete_person_api),
+        )
+        .route("/unit", get(enrollment::unit_page).post(enrollment::unit_submit))
+        .route("/persons", get(enrollment::persons_page))
+        .route("/persons/new", get(enrollment::new_person_page).post(enrollment::new_person_submit))
+        .route("/persons/{person_id}", get(enrollment::edit_person_page).post(enrollment::edit_person_submit))
+        .route("/persons/{person_id}/delete", post(enrollment::delete_person_submit))
         .route("/login", get(auth::login_page).post(auth::login_submit))
         .route("/logout", post(auth::logout_submit))
         .route("/activate", get(auth::activate_page).post(auth::activate_submit))

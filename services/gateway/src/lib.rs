@@ -9,6 +9,7 @@
 mod api;
 mod auth;
 mod bridge;
+mod enrollment;
 mod error;
 mod https;
 mod keys;

@@ -326,7 +326,7 @@ fn user(signed_in: &SignedIn) -> Value {
     minijinja::Value::from(minijinja::value::Serde(crate::auth::AccountView::from(&signed_in.session)))
 }
 
-fn denied(state: &AppState, signed_in: &SignedIn, error: &ApiError) -> Response {
+pub fn denied(state: &AppState, signed_in: &SignedIn, error: &ApiError) -> Response {
     let mut response = state.pages.render(
         "main.html",
         context! { section => "main", user => user(signed_in), csrf => signed_in.session.csrf_token.clone(), error => error.message.clone() },

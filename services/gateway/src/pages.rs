@@ -45,6 +45,9 @@ impl Pages {
             ("ca.html", include_str!("../templates/ca.html")),
             ("issued.html", include_str!("../templates/issued.html")),
             ("accounts.html", include_str!("../templates/accounts.html")),
+            ("unit.html", include_str!("../templates/unit.html")),
+            ("persons.html", include_str!("../templates/persons.html")),
+            ("person.html", include_str!("../templates/person.html")),
         ] {
             // The templates are part of the binary and covered by tests, so a syntax error is a build defect.
             if let Err(error) = templates.add_template(name, source) {
@@ -106,6 +109,16 @@ pub fn login_url(state: &AppState, headers: &axum::http::HeaderMap) -> String {
         _ => host,
     };
     format!("https://{host}:{}/login", state.https_port)
+}
+
+/// Percent-encodes text for a query string.
+pub fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => char::from(byte).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 /// A refusal as a page shows it: a message per field, and a general message for what belongs to no field.

@@ -59,7 +59,31 @@ pub struct Input {
     pub pay_start_month: String,
     pub pay_bank: String,
     pub pay_account: String,
+    pub deemed_periods: Vec<DeemedInput>,
 }
+
+/// One row of 视同缴费年限 as typed: months as YYYY-MM, the count as a whole number or empty.
+#[derive(Debug, Clone, Default)]
+pub struct DeemedInput {
+    pub unit: String,
+    pub from: String,
+    pub to: String,
+    pub months: String,
+    pub reason: String,
+}
+
+/// One checked row of 视同缴费年限: `from` and `to` are the first days of their months.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deemed {
+    pub unit: String,
+    pub from: Date,
+    pub to: Date,
+    pub months: u32,
+    pub reason: Option<String>,
+}
+
+/// At most this many rows of 视同缴费年限 a person.
+pub const MAX_DEEMED_PERIODS: usize = 20;
 
 /// A person whose input passed every error rule, ready to store.
 #[derive(Debug, Clone)]
@@ -88,6 +112,7 @@ pub struct Values {
     pub pay_start_month: Option<Date>,
     pub pay_bank: Option<String>,
     pub pay_account: Option<String>,
+    pub deemed_periods: Vec<Deemed>,
 }
 
 /// The outcome of the rules.
@@ -407,6 +432,8 @@ pub fn check(input: &Input, codes: &CodeLists, today: Date, reference_wage: Opti
         };
     }
 
+    let deemed_periods = check_deemed_periods(&input.deemed_periods, kind, work_start, &mut found);
+
     let normalized = (
         id.as_ref().map(|(number, _)| number.clone()).unwrap_or_default(),
         sex.clone().unwrap_or_default(),
@@ -439,11 +466,138 @@ pub fn check(input: &Input, codes: &CodeLists, today: Date, reference_wage: Opti
                 pay_start_month,
                 pay_bank,
                 pay_account,
+                deemed_periods,
             })
         }
         _ => None,
     };
     Checked { errors: found.errors, warnings: found.warnings, values, normalized }
+}
+
+/// Whole months from the month of `from` to the month of `to`, both counted.
+fn months_spanned(from: Date, to: Date) -> i32 {
+    (to.year() - from.year()) * 12 + i32::from(u8::from(to.month())) - i32::from(u8::from(from.month())) + 1
+}
+
+/// 视同缴费年限: each row names its unit and a span of months that ends before the reform, counts at most the months
+/// it spans, and overlaps no other row. Those who retired before the reform have none: their pension is paid under
+/// the old rules.
+fn check_deemed_periods(
+    rows: &[DeemedInput],
+    kind: &str,
+    work_start: Option<Date>,
+    found: &mut Findings,
+) -> Vec<Deemed> {
+    let rows: Vec<(usize, &DeemedInput)> = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, row)| {
+            [&row.unit, &row.from, &row.to, &row.months, &row.reason].iter().any(|value| trimmed(value).is_some())
+        })
+        .collect();
+    if rows.is_empty() {
+        return Vec::new();
+    }
+    if kind == "retiree_pre_reform" {
+        found.error("deemed_periods", "deemed_not_applicable", "2014年10月1日前退休的人员不登记视同缴费年限");
+        return Vec::new();
+    }
+    if rows.len() > MAX_DEEMED_PERIODS {
+        found.error("deemed_periods", "too_many", format!("视同缴费年限最多登记{MAX_DEEMED_PERIODS}段"));
+        return Vec::new();
+    }
+    let mut periods = Vec::new();
+    // The row number of each accepted period, for the message that names an overlap.
+    let mut period_rows = Vec::new();
+    for (index, row) in rows {
+        let field = |name: &str| format!("deemed_periods[{index}].{name}");
+        let number = index + 1;
+        let errors_before = found.errors.len();
+        let unit = trimmed(&row.unit);
+        match &unit {
+            None => found.error(&field("unit"), "required", format!("请填写第{number}段视同缴费的工作单位")),
+            Some(unit) if unit.chars().count() > 100 => {
+                found.error(&field("unit"), "too_long", format!("第{number}段的工作单位不能超过100个字"));
+            }
+            Some(_) => {}
+        }
+        let mut month = |name: &str, raw: &str, label: &str| match trimmed(raw) {
+            None => {
+                found.error(&field(name), "required", format!("请填写第{number}段的{label}"));
+                None
+            }
+            Some(raw) => {
+                let month = validators::fields::parse_month(&raw);
+                if month.is_none() {
+                    found.error(&field(name), "invalid_month", format!("第{number}段的{label}应为YYYY-MM"));
+                }
+                month
+            }
+        };
+        let from = month("from", &row.from, "起始年月");
+        let to = month("to", &row.to, "终止年月");
+        let reform_month = REFORM_DATE.replace_day(1).unwrap_or(REFORM_DATE);
+        let mut span = None;
+        if let (Some(from), Some(to)) = (from, to) {
+            if to < from {
+                found.error(&field("to"), "ends_before_start", format!("第{number}段的终止年月不能早于起始年月"));
+            } else if to >= reform_month {
+                found.error(
+                    &field("to"),
+                    "deemed_after_reform",
+                    format!("第{number}段：视同缴费年限只计2014年10月以前的工作时间，终止年月最晚为2014-09"),
+                );
+            } else {
+                span = Some(months_spanned(from, to));
+            }
+            if work_start.is_some_and(|start| from < start.replace_day(1).unwrap_or(start)) {
+                found.warning(
+                    &field("from"),
+                    "deemed_before_work_start",
+                    format!("第{number}段的起始年月早于参加工作时间，请核实"),
+                );
+            }
+        }
+        let months = match (trimmed(&row.months), span) {
+            (None, span) => span,
+            (Some(raw), span) => match raw.parse::<i32>() {
+                Ok(months) if months >= 1 => {
+                    if span.is_some_and(|span| months > span) {
+                        found.error(
+                            &field("months"),
+                            "months_exceed_span",
+                            format!("第{number}段的月数不能超过起止年月之间的{}个月", span.unwrap_or_default()),
+                        );
+                    }
+                    Some(months)
+                }
+                _ => {
+                    found.error(&field("months"), "invalid_months", format!("第{number}段的月数应为正整数"));
+                    None
+                }
+            },
+        };
+        let reason = trimmed(&row.reason);
+        if reason.as_ref().is_some_and(|reason| reason.chars().count() > 100) {
+            found.error(&field("reason"), "too_long", format!("第{number}段的认定依据不能超过100个字"));
+        }
+        if found.errors.len() > errors_before {
+            continue;
+        }
+        if let (Some(unit), Some(from), Some(to), Some(months)) = (unit, from, to, months) {
+            if let Some(other) = periods.iter().position(|period: &Deemed| from <= period.to && period.from <= to) {
+                found.error(
+                    &field("from"),
+                    "periods_overlap",
+                    format!("第{number}段与第{}段的时间重叠，同一时间只能计算一次", period_rows[other]),
+                );
+                continue;
+            }
+            period_rows.push(number);
+            periods.push(Deemed { unit, from, to, months: u32::try_from(months).unwrap_or_default(), reason });
+        }
+    }
+    periods
 }
 
 /// A number of another ID type, masked: its first and last few characters.

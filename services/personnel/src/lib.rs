@@ -3,13 +3,13 @@
 //!
 //! Modules in reading order: this file (configuration, start-up, the gRPC face), `check` (every rule of a person, a
 //! pure function), `codes` (the code lists), `people` (校验, 保存, 待办业务 and their storage), `population` (the
-//! population registry client and the development registry), `sealing` (ID numbers and accounts at rest).
+//! population registry client and the development registry). ID numbers and accounts are sealed with
+//! `kit::sealing`.
 
 pub mod check;
 mod codes;
 mod people;
 pub mod population;
-pub mod sealing;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,7 +91,7 @@ fn key_or_development(key: &Option<SecretString>, name: &str, development: &str)
 /// the process serves the admin endpoints itself (`pension all`).
 pub async fn build(config: &Config, platform: &Platform, serve_admin: bool) -> anyhow::Result<App> {
     let runtime = Runtime::start(&DEFAULTS, &config.service.database, &MIGRATOR, platform).await?;
-    let sealer = sealing::Sealer::new(
+    let sealer = kit::sealing::Sealer::new(
         &key_or_development(&config.data_key, "data_key", DEVELOPMENT_DATA_KEY),
         config.data_key_version,
         key_or_development(&config.index_key, "index_key", DEVELOPMENT_INDEX_KEY),

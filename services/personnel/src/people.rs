@@ -6,17 +6,17 @@ use kit::audit::{self, Actor, Outcome};
 use kit::status::{Violation, invalid, refuse};
 use proto::common::Caller;
 use proto::personnel::{
-    AcceptedWarning, CheckReply, Finding as FindingMessage, ListPersonsReply, Normalized, Person, PersonInput,
-    PersonSummary,
+    AcceptedWarning, CheckReply, DeemedPeriod, Finding as FindingMessage, ListPersonsReply, Normalized, Person,
+    PersonInput, PersonSummary,
 };
 use sqlx::{PgConnection, PgPool};
 use time::{Date, OffsetDateTime};
 use tonic::{Code, Status};
 
-use crate::check::{self, Checked, Finding, Input, Values, kind_label};
+use crate::check::{self, Checked, Deemed, DeemedInput, Finding, Input, Values, kind_label};
 use crate::codes::CodeLists;
 use crate::population::{Answer, Registry};
-use crate::sealing::Sealer;
+use kit::sealing::Sealer;
 
 /// What the people operations need.
 #[derive(Debug, Clone)]
@@ -54,6 +54,17 @@ pub fn input_of(person: PersonInput) -> (Input, Vec<String>) {
         pay_start_month: person.pay_start_month,
         pay_bank: person.pay_bank,
         pay_account: person.pay_account,
+        deemed_periods: person
+            .deemed_periods
+            .into_iter()
+            .map(|row| DeemedInput {
+                unit: row.unit,
+                from: row.from,
+                to: row.to,
+                months: row.months,
+                reason: row.reason,
+            })
+            .collect(),
     };
     (input, person.accepted_warnings)
 }
@@ -318,9 +329,9 @@ impl People {
              id_number_masked, key_version, sex, birth_date, funding_form, ethnicity, work_start, joined_unit, \
              personnel_status, establishment, post_rank, wage_base, phone, address, retirement_date, \
              retirement_category, monthly_pension, pay_start_month, pay_bank, pay_account_sealed, pay_account_masked, \
-             population_status, accepted_warnings, created_by, updated_by) \
+             population_status, accepted_warnings, created_by, updated_by, deemed_periods) \
              values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19::numeric, $20, \
-             $21, $22, $23, $24::numeric, $25, $26, $27, $28, $29, $30, $31, $31) \
+             $21, $22, $23, $24::numeric, $25, $26, $27, $28, $29, $30, $31, $31, $32) \
              on conflict (person_id) do update set kind = excluded.kind, name = excluded.name, \
              id_type = excluded.id_type, id_number_sealed = excluded.id_number_sealed, \
              id_number_hmac = excluded.id_number_hmac, id_number_masked = excluded.id_number_masked, \
@@ -333,7 +344,7 @@ impl People {
              pay_start_month = excluded.pay_start_month, pay_bank = excluded.pay_bank, \
              pay_account_sealed = excluded.pay_account_sealed, pay_account_masked = excluded.pay_account_masked, \
              population_status = excluded.population_status, accepted_warnings = excluded.accepted_warnings, \
-             updated_at = now(), updated_by = excluded.updated_by \
+             deemed_periods = excluded.deemed_periods, updated_at = now(), updated_by = excluded.updated_by \
              where persons.institution_code = excluded.institution_code",
         )
         .bind(person_id)
@@ -367,6 +378,7 @@ impl People {
         .bind(population_status)
         .bind(serde_json::Value::Array(accepted_warnings.to_vec()))
         .bind(&actor.name)
+        .bind(deemed_json(&values.deemed_periods))
         .execute(&mut *transaction)
         .await
         .map_err(kit::db::status)?;
@@ -379,8 +391,8 @@ impl People {
             "select person_id, institution_code, kind, name, id_type, id_number_sealed, id_number_masked, sex, \
              birth_date, funding_form, ethnicity, work_start, joined_unit, personnel_status, establishment, post_rank, \
              wage_base::text, phone, address, retirement_date, retirement_category, monthly_pension::text, \
-             pay_start_month, pay_bank, pay_account_masked, population_status, accepted_warnings, created_at, updated_at \
-             from persons where person_id = $1 and institution_code = $2",
+             pay_start_month, pay_bank, pay_account_masked, population_status, accepted_warnings, created_at, \
+             updated_at, deemed_periods from persons where person_id = $1 and institution_code = $2",
         )
         .bind(person_id)
         .bind(unit)
@@ -601,6 +613,40 @@ struct PersonRow {
     accepted_warnings: serde_json::Value,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
+    deemed_periods: serde_json::Value,
+}
+
+fn month_text(month: Date) -> String {
+    format!("{:04}-{:02}", month.year(), u8::from(month.month()))
+}
+
+/// 视同缴费年限 as the `deemed_periods` column keeps them.
+fn deemed_json(periods: &[Deemed]) -> serde_json::Value {
+    periods
+        .iter()
+        .map(|period| {
+            serde_json::json!({ "unit": period.unit, "from": month_text(period.from), "to": month_text(period.to),
+                "months": period.months, "reason": period.reason })
+        })
+        .collect()
+}
+
+fn deemed_of_json(stored: &serde_json::Value) -> Vec<DeemedPeriod> {
+    let text = |row: &serde_json::Value, key: &str| row[key].as_str().unwrap_or_default().to_owned();
+    stored
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|row| DeemedPeriod {
+                    unit: text(row, "unit"),
+                    from: text(row, "from"),
+                    to: text(row, "to"),
+                    months: row["months"].as_u64().map(|months| months.to_string()).unwrap_or_default(),
+                    reason: text(row, "reason"),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl PersonRow {
@@ -647,16 +693,14 @@ impl PersonRow {
             retirement_date: date(self.retirement_date),
             retirement_category: self.retirement_category.unwrap_or_default(),
             monthly_pension: self.monthly_pension.unwrap_or_default(),
-            pay_start_month: self
-                .pay_start_month
-                .map(|month| format!("{:04}-{:02}", month.year(), u8::from(month.month())))
-                .unwrap_or_default(),
+            pay_start_month: self.pay_start_month.map(month_text).unwrap_or_default(),
             pay_bank: self.pay_bank.unwrap_or_default(),
             pay_account_masked: self.pay_account_masked.unwrap_or_default(),
             population_status: self.population_status,
             accepted_warnings,
             created_at: Some(timestamp(self.created_at)),
             updated_at: Some(timestamp(self.updated_at)),
+            deemed_periods: deemed_of_json(&self.deemed_periods),
         }
     }
 }

@@ -29,7 +29,9 @@ impl Handler for FirstLogin {
         }
         sqlx::query(
             "insert into units (institution_code, unit_name, credit_code, unit_type, region_code, agency_code, \
-             created_by_event) values ($1, $2, $3, $4, $5, $6, $7) on conflict (institution_code) do nothing",
+             created_by_event, unit_type_code) values ($1, $2, $3, $4, $5, $6, $7, \
+             (select code from code_lists where list = 'unit_type' and label = $4 limit 1)) \
+             on conflict (institution_code) do nothing",
         )
         .bind(&login.institution_code)
         .bind(&login.unit_name)

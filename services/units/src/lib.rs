@@ -13,7 +13,12 @@ use kit::process::Process;
 use kit::service::{Platform, Runtime, ServiceApp, ServiceConfig, ServiceDefaults};
 use proto::names::Service;
 use proto::units::units_server::{Units, UnitsServer};
-use proto::units::{GetUnitRecordRequest, UnitRecord};
+use proto::units::{
+    GetUnitRecordRequest, ListUnitCodesReply, ListUnitCodesRequest, UnitCode, UnitCodeList, UnitRecord,
+    UpdateUnitRecordReply, UpdateUnitRecordRequest,
+};
+use secrecy::SecretString;
+use serde::Deserialize;
 use sqlx::migrate::Migrator;
 use tonic::{Request, Response, Status};
 
@@ -24,17 +29,48 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/units");
 pub const DEFAULTS: ServiceDefaults =
     ServiceDefaults { service: Service::Units, database: "pension_units", grpc_port: 50061, admin_port: 8092 };
 
+/// The `units` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    #[serde(flatten)]
+    pub service: ServiceConfig,
+    /// AES-256-GCM key of the legal representative's ID number at rest: 32 bytes, base64 (a Kubernetes secret).
+    pub data_key: Option<SecretString>,
+    pub data_key_version: i32,
+    pub index_key: Option<SecretString>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { service: ServiceConfig::default(), data_key: None, data_key_version: 1, index_key: None }
+    }
+}
+
 /// The service, bound and ready to run.
 pub type App = ServiceApp<UnitsServer<UnitsApi>>;
 
 /// Connects, migrates and binds the service, with its consumer of identity's events. `serve_admin` is false when
 /// the process serves the admin endpoints itself (`pension all`).
-pub async fn build(config: &ServiceConfig, platform: &Platform, serve_admin: bool) -> anyhow::Result<App> {
-    let runtime = Runtime::start(&DEFAULTS, &config.database, &MIGRATOR, platform).await?;
-    let api = UnitsApi { runtime: runtime.clone() };
+pub async fn build(config: &Config, platform: &Platform, serve_admin: bool) -> anyhow::Result<App> {
+    let runtime = Runtime::start(&DEFAULTS, &config.service.database, &MIGRATOR, platform).await?;
+    let development = |key: &Option<SecretString>, name: &str| {
+        key.clone().unwrap_or_else(|| {
+            tracing::warn!("units.{name} is not set: using the development key (never do this in production)");
+            SecretString::from(format!("development-only-units-{name}"))
+        })
+    };
+    let sealer = kit::sealing::Sealer::new(
+        &development(&config.data_key, "data_key"),
+        config.data_key_version,
+        development(&config.index_key, "index_key"),
+    )?;
+    let codes = records::UnitCodes::load(&runtime.pool).await?;
+    let api = UnitsApi { runtime: runtime.clone(), codes: Arc::new(codes), sealer };
     let consumer = events::first_login_consumer(&platform.namespace);
     let (pool, jetstream) = (runtime.pool.clone(), runtime.jetstream.clone());
-    let app = ServiceApp::bind(runtime, UnitsServer::new(api), (config, &DEFAULTS), platform, serve_admin).await?;
+    let app =
+        ServiceApp::bind(runtime, UnitsServer::new(api), (&config.service, &DEFAULTS), platform, serve_admin).await?;
     Ok(app.with_background(move |shutdown| {
         kit::consumer::run(pool, jetstream, consumer, Arc::new(events::FirstLogin), shutdown)
     }))
@@ -42,7 +78,7 @@ pub async fn build(config: &ServiceConfig, platform: &Platform, serve_admin: boo
 
 /// Runs the service as its own process until shutdown.
 pub async fn run(process: Process) -> anyhow::Result<()> {
-    let config: ServiceConfig = process.settings.section("units")?;
+    let config: Config = process.settings.section("units")?;
     let platform = Platform::connect(&process, "units").await?;
     build(&config, &platform, true).await?.run(process.shutdown.clone()).await
 }
@@ -51,6 +87,8 @@ pub async fn run(process: Process) -> anyhow::Result<()> {
 #[derive(Debug, Clone)]
 pub struct UnitsApi {
     runtime: Runtime,
+    codes: Arc<records::UnitCodes>,
+    sealer: kit::sealing::Sealer,
 }
 
 #[tonic::async_trait]
@@ -66,5 +104,36 @@ impl Units for UnitsApi {
         let request = request.into_inner();
         let caller = request.caller.unwrap_or_default();
         records::get(&self.runtime.pool, &caller, &request.institution_code).await.map(Response::new)
+    }
+
+    async fn update_unit_record(
+        &self,
+        request: Request<UpdateUnitRecordRequest>,
+    ) -> Result<Response<UpdateUnitRecordReply>, Status> {
+        let request = request.into_inner();
+        let caller = request.caller.unwrap_or_default();
+        let (record, warnings) =
+            records::update(&self.runtime.pool, &self.codes, &self.sealer, &caller, request.record.unwrap_or_default())
+                .await?;
+        Ok(Response::new(UpdateUnitRecordReply { record: Some(record), warnings }))
+    }
+
+    async fn list_unit_codes(
+        &self,
+        _request: Request<ListUnitCodesRequest>,
+    ) -> Result<Response<ListUnitCodesReply>, Status> {
+        let lists = self
+            .codes
+            .lists
+            .iter()
+            .map(|(name, codes)| UnitCodeList {
+                name: name.clone(),
+                codes: codes
+                    .iter()
+                    .map(|(code, label)| UnitCode { code: code.clone(), label: label.clone() })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(ListUnitCodesReply { lists }))
     }
 }

@@ -374,3 +374,85 @@ async fn a_locked_roster_refuses_every_change() {
         assert_eq!(kit::status::reason(&status).as_deref(), Some("roster_locked"));
     }
 }
+
+fn deemed(unit: &str, from: &str, to: &str, months: &str) -> proto::personnel::DeemedPeriod {
+    proto::personnel::DeemedPeriod {
+        unit: unit.into(),
+        from: from.into(),
+        to: to.into(),
+        months: months.into(),
+        reason: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn deemed_contribution_periods_end_before_the_reform_fit_their_span_and_never_overlap() {
+    let personnel = spawn_personnel().await;
+    let mut person = staff("李娜", "230502199002152344");
+    person.work_start = "2008-07-01".into();
+    person.joined_unit = "2015-03-01".into();
+    person.deemed_periods = vec![
+        deemed("双鸭山市教育局", "2008-07", "2010-06", ""),
+        deemed("", "", "", ""),
+        deemed("双鸭山市第一中学", "2010-07", "2015-06", ""),
+        deemed("宝清县财政局", "2011-01", "2010-12", ""),
+        deemed("双鸭山市文化局", "2010-01", "2010-12", "13"),
+        deemed("", "2011-01", "2011-13", "x"),
+        deemed("集贤县人社局", "2010-03", "2010-05", ""),
+    ];
+
+    let reply = check(&personnel, person.clone()).await;
+
+    assert_eq!(
+        codes(&reply.errors),
+        [
+            ("deemed_periods[2].to", "deemed_after_reform"),
+            ("deemed_periods[3].to", "ends_before_start"),
+            ("deemed_periods[4].months", "months_exceed_span"),
+            ("deemed_periods[5].unit", "required"),
+            ("deemed_periods[5].to", "invalid_month"),
+            ("deemed_periods[5].months", "invalid_months"),
+            ("deemed_periods[6].from", "periods_overlap"),
+        ],
+        "the wholly empty row 2 is ignored"
+    );
+    assert!(reply.errors[6].message.contains("第7段与第1段"), "{}", reply.errors[6].message);
+
+    person.deemed_periods = vec![
+        deemed("双鸭山市教育局", "2006-09", "2010-06", ""),
+        deemed("双鸭山市第一中学", "2010-07", "2014-09", "48"),
+    ];
+    let reply = check(&personnel, person.clone()).await;
+    assert!(reply.ok, "{:?}", reply.errors);
+    assert!(codes(&reply.warnings).contains(&("deemed_periods[0].from", "deemed_before_work_start")));
+
+    let accepted_warnings = reply.warnings.iter().map(|warning| warning.code.clone()).collect();
+    let mut client = personnel.client.clone();
+    let saved = client
+        .create_person(CreatePersonRequest {
+            caller: operator(UNIT),
+            person: Some(PersonInput { accepted_warnings, ..person.clone() }),
+        })
+        .await
+        .expect("saved")
+        .into_inner()
+        .person
+        .expect("person");
+    let periods: Vec<(&str, &str, &str, &str)> = saved
+        .deemed_periods
+        .iter()
+        .map(|period| (period.unit.as_str(), period.from.as_str(), period.to.as_str(), period.months.as_str()))
+        .collect();
+    assert_eq!(
+        periods,
+        [("双鸭山市教育局", "2006-09", "2010-06", "46"), ("双鸭山市第一中学", "2010-07", "2014-09", "48")],
+        "an empty count is the whole span"
+    );
+
+    let pre_reform = PersonInput {
+        deemed_periods: vec![deemed("双鸭山市教育局", "1980-01", "1989-12", "")],
+        ..retiree("retiree_pre_reform", "2009-12-31")
+    };
+    let reply = check(&personnel, pre_reform).await;
+    assert_eq!(codes(&reply.errors), [("deemed_periods", "deemed_not_applicable")]);
+}

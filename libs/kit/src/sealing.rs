@@ -24,7 +24,7 @@ impl std::fmt::Debug for Sealer {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SealingError {
-    #[error("personnel.data_key must be 32 bytes, base64-encoded")]
+    #[error("the data key must be 32 bytes, base64-encoded")]
     BadKey,
     #[error("a sealed value does not open with the configured key")]
     Open,

@@ -1,0 +1,222 @@
+//! The unit record and people over the JSON API on 8443, as a unit operator's client uses it: errors at their
+//! fields, warnings accepted by code, ID numbers masked in lists and in clear only on request.
+
+use std::time::Duration;
+
+use kit::testing::eventually;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{Credentials, TestPlatform, spawn_isolated_with};
+
+/// A signed-in unit operator's client: its certificate, session cookie and CSRF token.
+struct Operator {
+    client: reqwest::Client,
+    cookie: String,
+    csrf: String,
+}
+
+impl Operator {
+    async fn sign_in(platform: &TestPlatform, unit: &Credentials) -> Self {
+        let client = platform.https_client(Some(unit));
+        let response = client
+            .post(platform.secure_url("/api/session"))
+            .json(&json!({ "username": unit.username, "password": unit.password }))
+            .send()
+            .await
+            .expect("login");
+        let cookie = response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .find(|cookie| cookie.starts_with("pension_session="))
+            .and_then(|cookie| cookie.split(';').next())
+            .expect("session")
+            .to_owned();
+        let body: Value = response.json().await.expect("json");
+        Self { client, cookie, csrf: body["csrf_token"].as_str().expect("csrf").to_owned() }
+    }
+
+    async fn call(&self, method: reqwest::Method, url: String, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request =
+            self.client.request(method, url).header("cookie", &self.cookie).header("x-csrf-token", &self.csrf);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("answer");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+fn fields(answer: &Value) -> Vec<(String, String)> {
+    answer["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|error| {
+                    (error["field"].as_str().unwrap_or("").to_owned(), error["code"].as_str().unwrap_or("").to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn signed_in_unit() -> (TestPlatform, Operator) {
+    let platform = spawn_isolated_with(|_| {}).await;
+    eventually(Duration::from_secs(30), "the gateway trusts the CA", || async {
+        platform.https_client(None).get(platform.secure_url("/login")).send().await.is_ok()
+    })
+    .await;
+    platform.load_demo_registry().await;
+    let unit = platform.unit_with_key().await;
+    let operator = Operator::sign_in(&platform, &unit).await;
+    // The draft record arrives through identity's event.
+    eventually(Duration::from_secs(20), "the unit's draft record", || async {
+        operator.call(reqwest::Method::GET, platform.secure_url("/api/my-unit"), None).await.0 == StatusCode::OK
+    })
+    .await;
+    (platform, operator)
+}
+
+fn unit_record() -> Value {
+    json!({
+        "unit_type": "机关", "credit_code": "11230500MB0000010M", "region_code": "230502", "subordination": "市",
+        "funding_source": "全额拨款", "legal_representative": "王建国", "address": "双鸭山市尖山区新兴大街1号",
+        "post_code": "155100", "contact_name": "刘敏", "contact_phone": "0469-4221234", "email": "czj@sys.gov.cn",
+        "clerk_name": "刘敏", "clerk_phone": "13904691111", "bank_name": "中国工商银行双鸭山分行",
+        "bank_account_name": "双鸭山市财政局", "bank_account": "0907 0210 0900 0012 345", "administrative_posts": "35"
+    })
+}
+
+#[tokio::test]
+async fn the_unit_keeps_its_record_with_errors_at_fields_and_warnings_accepted() {
+    let (platform, operator) = signed_in_unit().await;
+    let url = platform.secure_url("/api/my-unit");
+
+    let (status, draft) = operator.call(reqwest::Method::GET, url.clone(), None).await;
+    assert_eq!(
+        (status, draft["state_label"].as_str(), draft["unit_type"].as_str()),
+        (StatusCode::OK, Some("录入中"), Some("10"))
+    );
+    assert_eq!(draft["complete"], false);
+
+    let mut bad = unit_record();
+    bad["post_code"] = json!("15510");
+    bad["bank_account"] = json!("09070210ABC");
+    bad["contact_phone"] = json!("");
+    bad["credit_code"] = json!("11230500MB0000010N");
+    let (status, refused) = operator.call(reqwest::Method::PUT, url.clone(), Some(bad)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let found = fields(&refused);
+    for expected in [
+        ("post_code", "invalid_post_code"),
+        ("bank_account", "invalid_bank_account"),
+        ("contact_phone", "required"),
+        ("credit_code", "credit_code_check_character"),
+    ] {
+        assert!(found.contains(&(expected.0.to_owned(), expected.1.to_owned())), "{expected:?} in {found:?}");
+    }
+
+    let mut mismatched = unit_record();
+    mismatched["org_code"] = json!("78305975-3");
+    let (status, warned) = operator.call(reqwest::Method::PUT, url.clone(), Some(mismatched.clone())).await;
+    assert_eq!((status, warned["code"].as_str()), (StatusCode::CONFLICT, Some("warnings_not_accepted")));
+    assert_eq!(fields(&warned), [("org_code".to_owned(), "org_code_mismatch".to_owned())]);
+    mismatched["accepted_warnings"] = json!(["org_code_mismatch"]);
+    let (status, saved) = operator.call(reqwest::Method::PUT, url.clone(), Some(mismatched)).await;
+    assert_eq!(status, StatusCode::OK, "{saved}");
+    assert_eq!(
+        (saved["record"]["complete"].as_bool(), saved["record"]["bank_account"].as_str()),
+        (Some(true), Some("0907021009000012345"))
+    );
+    assert_eq!(saved["record"]["accepted_warnings"], json!(["org_code_mismatch"]));
+    assert_eq!(saved["record"]["region_code"], "230502", "the unit names its district in place of the registry's city");
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn people_are_checked_saved_listed_masked_edited_and_deleted_over_the_api() {
+    let (platform, operator) = signed_in_unit().await;
+    let person = json!({
+        "kind": "staff", "name": "李娜", "id_type": "01", "id_number": "230502199002152345",
+        "funding_form": "全额拨款", "ethnicity": "01", "work_start": "2012-07-01", "joined_unit": "2015-03-01",
+        "personnel_status": "公务员", "establishment": "编制内"
+    });
+
+    let (status, check) =
+        operator.call(reqwest::Method::POST, platform.secure_url("/api/persons/check"), Some(person.clone())).await;
+    assert_eq!((status, check["ok"].as_bool()), (StatusCode::OK, Some(false)));
+    assert_eq!(fields(&check), [("id_number".to_owned(), "id_number_check_digit".to_owned())]);
+
+    let mut fixed = person.clone();
+    fixed["id_number"] = json!("230502199002152344");
+    let (_, check) =
+        operator.call(reqwest::Method::POST, platform.secure_url("/api/persons/check"), Some(fixed.clone())).await;
+    assert_eq!(check["ok"], true, "{check}");
+    assert_eq!(
+        check["normalized"],
+        json!({ "id_number": "230502199002152344", "sex": "2", "birth_date": "1990-02-15" })
+    );
+    let (status, created) =
+        operator.call(reqwest::Method::POST, platform.secure_url("/api/persons"), Some(fixed.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let person_id = created["person"]["person_id"].as_str().expect("id").to_owned();
+    assert_eq!(created["person"]["id_number_masked"], "230502********2344");
+    assert!(created["person"].get("id_number").is_none(), "no clear number in a save's answer");
+
+    let unknown = json!({
+        "kind": "retiree_pre_reform", "name": "胡建国", "id_type": "居民身份证（户口簿）", "id_number": "230502195509153911",
+        "funding_form": "1", "work_start": "1975-08-01", "personnel_status": "工勤技能人员", "establishment": "编制内",
+        "retirement_date": "2014-09-30", "retirement_category": "正常退休", "monthly_pension": "3200.00",
+        "pay_start_month": "2014-10", "pay_bank": "中国农业银行", "pay_account": "6228480123456789012"
+    });
+    let (status, warned) =
+        operator.call(reqwest::Method::POST, platform.secure_url("/api/persons"), Some(unknown.clone())).await;
+    assert_eq!((status, warned["code"].as_str()), (StatusCode::CONFLICT, Some("warnings_not_accepted")));
+    let codes: Vec<String> = fields(&warned).into_iter().map(|(_, code)| code).collect();
+    assert!(
+        codes.contains(&"population_not_found".to_owned()) && codes.contains(&"retired_below_normal_age".to_owned()),
+        "{codes:?}"
+    );
+    let mut accepted = unknown.clone();
+    accepted["accepted_warnings"] = json!(codes);
+    let (status, retiree) =
+        operator.call(reqwest::Method::POST, platform.secure_url("/api/persons"), Some(accepted)).await;
+    assert_eq!(status, StatusCode::CREATED, "{retiree}");
+    assert_eq!(retiree["person"]["pay_account_masked"], "****9012");
+
+    let (status, list) =
+        operator.call(reqwest::Method::GET, platform.secure_url("/api/persons?page_size=1"), None).await;
+    assert_eq!(
+        (status, list["total"].as_u64(), list["persons"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(2), Some(1))
+    );
+    let (_, staff) = operator.call(reqwest::Method::GET, platform.secure_url("/api/persons?kind=staff"), None).await;
+    assert_eq!(staff["persons"][0]["id_number_masked"], "230502********2344");
+    assert!(!staff.to_string().contains("230502199002152344"), "lists never carry a clear number");
+
+    let (status, full) =
+        operator.call(reqwest::Method::GET, platform.secure_url(&format!("/api/persons/{person_id}")), None).await;
+    assert_eq!((status, full["id_number"].as_str()), (StatusCode::OK, Some("230502199002152344")));
+    let mut edited = fixed.clone();
+    edited["post_rank"] = json!("一级科员");
+    edited["deemed_periods"] = json!([{ "unit": "双鸭山市教育局", "from": "2012-07", "to": "2014-09", "months": 27 }]);
+    let (status, updated) = operator
+        .call(reqwest::Method::PUT, platform.secure_url(&format!("/api/persons/{person_id}")), Some(edited))
+        .await;
+    assert_eq!((status, updated["person"]["post_rank"].as_str()), (StatusCode::OK, Some("一级科员")));
+    assert_eq!(
+        updated["person"]["deemed_periods"],
+        json!([{ "unit": "双鸭山市教育局", "from": "2012-07", "to": "2014-09", "months": "27", "reason": "" }])
+    );
+    let (status, _) =
+        operator.call(reqwest::Method::DELETE, platform.secure_url(&format!("/api/persons/{person_id}")), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, gone) =
+        operator.call(reqwest::Method::GET, platform.secure_url(&format!("/api/persons/{person_id}")), None).await;
+    assert_eq!((status, gone["code"].as_str()), (StatusCode::NOT_FOUND, Some("person_not_found")));
+    platform.stop().await;
+}
