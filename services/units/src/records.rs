@@ -435,3 +435,140 @@ pub async fn update(
         .collect();
     Ok((get(pool, caller, "").await?, warnings))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CREDIT_CODE: &str = "11230500MB0000010M";
+
+    fn codes() -> UnitCodes {
+        let list =
+            |pairs: &[(&str, &str)]| pairs.iter().map(|(code, label)| ((*code).into(), (*label).into())).collect();
+        UnitCodes {
+            lists: BTreeMap::from([
+                ("unit_type".into(), list(&[("10", "机关"), ("31", "公益一类事业单位")])),
+                ("subordination".into(), list(&[("40", "市"), ("50", "县")])),
+                ("funding_source".into(), list(&[("1", "全额拨款"), ("3", "自收自支")])),
+            ]),
+        }
+    }
+
+    fn complete() -> UnitRecordInput {
+        UnitRecordInput {
+            unit_type: "机关".into(),
+            credit_code: CREDIT_CODE.into(),
+            region_code: "230502".into(),
+            subordination: "市".into(),
+            funding_source: "1".into(),
+            legal_representative: "王建国".into(),
+            address: "双鸭山市尖山区新兴大街88号".into(),
+            post_code: "155100".into(),
+            contact_name: "张伟".into(),
+            contact_phone: "0469-4221234".into(),
+            clerk_name: "张伟".into(),
+            clerk_phone: "13804691234".into(),
+            bank_name: "中国工商银行双鸭山分行".into(),
+            bank_account_name: "双鸭山市财政局".into(),
+            bank_account: "0907 0210 0900 0012 345".into(),
+            ..UnitRecordInput::default()
+        }
+    }
+
+    fn error_codes(input: &UnitRecordInput, credit_code: &str) -> Vec<(String, String)> {
+        match check(input, &codes(), credit_code) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.into_iter().map(|error| (error.field, error.code)).collect(),
+        }
+    }
+
+    fn pair(field: &str, code: &str) -> (String, String) {
+        (field.to_owned(), code.to_owned())
+    }
+
+    #[test]
+    fn a_complete_record_passes_with_codes_and_labels_resolved_and_numbers_normalized() {
+        let checked = check(&complete(), &codes(), CREDIT_CODE).expect("passes");
+        assert!(checked.warnings.is_empty());
+        let value = |field: &str| checked.values.get(field).cloned().flatten();
+        assert_eq!(value("unit_type_code").as_deref(), Some("10"));
+        assert_eq!(value("subordination").as_deref(), Some("40"));
+        assert_eq!(value("funding_source").as_deref(), Some("1"));
+        assert_eq!(value("bank_account").as_deref(), Some("0907021009000012345"));
+        assert_eq!(value("region_code").as_deref(), Some("230502"));
+    }
+
+    #[test]
+    fn every_required_field_is_named_when_the_record_is_empty() {
+        let found = error_codes(&UnitRecordInput::default(), CREDIT_CODE);
+        for field in [
+            "legal_representative",
+            "address",
+            "contact_name",
+            "clerk_name",
+            "bank_name",
+            "bank_account_name",
+            "unit_type",
+            "subordination",
+            "funding_source",
+            "contact_phone",
+            "clerk_phone",
+            "post_code",
+            "bank_account",
+        ] {
+            assert!(found.contains(&pair(field, "required")), "{field} in {found:?}");
+        }
+    }
+
+    #[test]
+    fn each_malformed_field_is_an_error_at_that_field() {
+        let cases: [(&str, fn(&mut UnitRecordInput), &str); 13] = [
+            ("unit_type", |input| input.unit_type = "国企".into(), "unknown_code"),
+            ("subordination", |input| input.subordination = "村".into(), "unknown_code"),
+            ("contact_phone", |input| input.contact_phone = "12345".into(), "invalid_phone"),
+            ("clerk_phone", |input| input.clerk_phone = "1380469123".into(), "invalid_phone"),
+            ("post_code", |input| input.post_code = "15510".into(), "invalid_post_code"),
+            ("bank_account", |input| input.bank_account = "0907-ABC".into(), "invalid_bank_account"),
+            ("email", |input| input.email = "hr@".into(), "invalid_email"),
+            ("region_code", |input| input.region_code = "990101".into(), "invalid_region_code"),
+            ("credit_code", |input| input.credit_code = "11230500MB0000010N".into(), "credit_code_check_character"),
+            ("credit_code", |input| input.credit_code = "12320700139008349D".into(), "credit_code_differs"),
+            ("org_code", |input| input.org_code = "78305975-4".into(), "org_code_check_character"),
+            (
+                "legal_representative_id_number",
+                |input| input.legal_representative_id_number = "110105194912310021".into(),
+                "id_number_check_digit",
+            ),
+            ("administrative_posts", |input| input.administrative_posts = "-1".into(), "invalid_count"),
+        ];
+        for (field, corrupt, code) in cases {
+            let mut input = complete();
+            corrupt(&mut input);
+            assert_eq!(error_codes(&input, CREDIT_CODE), [pair(field, code)], "{field}");
+        }
+        let mut long = complete();
+        long.address = "路".repeat(201);
+        assert_eq!(error_codes(&long, CREDIT_CODE), [pair("address", "too_long")]);
+    }
+
+    #[test]
+    fn the_credit_code_prefix_and_the_organization_code_match_are_warnings() {
+        // A unit whose registry code starts with 91 (an enterprise's) is unusual in this scheme, not impossible.
+        let enterprise = "91110000101623741K";
+        let input = UnitRecordInput { credit_code: enterprise.into(), ..complete() };
+        let checked = check(&input, &codes(), enterprise).expect("warnings save");
+        let warnings: Vec<&str> = checked.warnings.iter().map(|warning| warning.code.as_str()).collect();
+        assert_eq!(warnings, ["credit_code_prefix"]);
+
+        let input = UnitRecordInput { org_code: "78305975-3".into(), ..complete() };
+        let checked = check(&input, &codes(), CREDIT_CODE).expect("warnings save");
+        let warnings: Vec<(&str, &str)> =
+            checked.warnings.iter().map(|warning| (warning.field.as_str(), warning.code.as_str())).collect();
+        assert_eq!(warnings, [("org_code", "org_code_mismatch")]);
+
+        let published = "12320700139008349D";
+        let matching = UnitRecordInput { credit_code: published.into(), org_code: "13900834-9".into(), ..complete() };
+        let checked = check(&matching, &codes(), published);
+        assert!(checked.as_ref().is_ok_and(|checked| checked.warnings.is_empty()), "positions 9–17 match");
+    }
+}
