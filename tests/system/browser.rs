@@ -454,6 +454,20 @@ async fn a_unit_keeps_its_record_and_registers_a_staff_member_through_the_pages(
     );
     screenshot(&browser, "24-staff-in-pending-list").await;
 
+    // The retirees' registrations are the same pattern, with the retirement fields and no deemed periods before the
+    // reform.
+    element(&browser, Locator::LinkText("2014年10月1日前退休人员参保登记")).await.click().await.expect("tab");
+    assert!(text_of(&browser, "h2").await.contains("共 0 人"));
+    element(&browser, Locator::Id("add-person")).await.click().await.expect("add");
+    assert_eq!(text_of(&browser, "h1").await, "2014年10月1日前退休人员参保登记");
+    for field in ["retirement_date", "retirement_category", "monthly_pension", "pay_start_month", "pay_account"] {
+        element(&browser, Locator::Id(field)).await;
+    }
+    assert!(browser.find(Locator::Id("deemed-periods")).await.is_err(), "no 视同缴费年限 for those retired before");
+    screenshot(&browser, "25-retiree-form").await;
+    browser.goto(&ingress.url("/persons/new?kind=retiree_post_reform")).await.expect("post-reform form");
+    element(&browser, Locator::Id("deemed-periods")).await;
+
     browser.close().await.expect("close the browser");
     platform.stop().await;
 }
