@@ -28,6 +28,10 @@ pub struct DatabaseConfig {
     /// Create the database at start-up when it does not exist (development and tests; production creates it with
     /// the chart's migration job).
     pub create_if_missing: bool,
+    /// The role a service's queries run as (`SET ROLE` on every pooled connection), so that row-level security
+    /// holds even when the login user owns the tables. Empty: the login user's own role, for a deployment whose
+    /// login user is itself the restricted role.
+    pub application_role: String,
 }
 
 impl DatabaseConfig {
@@ -39,11 +43,48 @@ impl DatabaseConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { url: None, max_connections: 16, acquire_timeout: Duration::from_secs(3), create_if_missing: true }
+        Self {
+            url: None,
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(3),
+            create_if_missing: true,
+            application_role: APPLICATION_ROLE.to_owned(),
+        }
     }
 }
 
-/// Connects, creating the database first when configured to. `default_database` is used when no URL is set.
+/// The role `migrations/kit` makes and grants the service tables to.
+pub const APPLICATION_ROLE: &str = "pension_app";
+
+/// The pool a service's queries use: every connection runs as the application role, so row-level security
+/// applies to it. Migrations need the owner: [`connect`] and [`migrate`] first.
+pub async fn connect_application(config: &DatabaseConfig, default_database: &str) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = config.url_or_local(default_database).expose_secret().parse()?;
+    let options = options.log_statements(tracing::log::LevelFilter::Trace);
+    let role = config.application_role.trim().to_owned();
+    if !role.is_empty() && !role.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(sqlx::Error::Configuration(
+            format!("database.application_role {role:?} is not a role name").into(),
+        ));
+    }
+    PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(config.acquire_timeout)
+        .after_connect(move |connection, _| {
+            let statement = format!("set role {role}");
+            Box::pin(async move {
+                if statement != "set role " {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(connection).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+}
+
+/// Connects as the login user, creating the database first when configured to: for migrations, and for tests that
+/// look at the tables as their owner. `default_database` is used when no URL is set.
 pub async fn connect(config: &DatabaseConfig, default_database: &str) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = config.url_or_local(default_database).expose_secret().parse()?;
     let options = options.log_statements(tracing::log::LevelFilter::Trace);
@@ -90,6 +131,61 @@ pub async fn migrate(pool: &PgPool, service: &Migrator) -> Result<(), sqlx::migr
 /// The newest migration of the service applied to this database.
 pub async fn schema_version(pool: &PgPool) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("select coalesce(max(version), 0) from _sqlx_migrations where success").fetch_one(pool).await
+}
+
+/// What a transaction may see of the tables under row-level security: every unit (the platform's own work, the
+/// province admin), or the units named. Set per transaction, so one transaction may carry a batch of several units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Units(Vec<String>),
+    /// The units these handling agencies handle (an agency reviewer's), where a table knows a unit's agency.
+    Agencies(Vec<String>),
+}
+
+impl Scope {
+    pub fn unit(institution_code: &str) -> Self {
+        Scope::Units(vec![institution_code.to_owned()])
+    }
+}
+
+/// Sets the transaction's scope (`pension.scope`, `pension.units`, `pension.agencies`), read by the tables' policies. A connection
+/// outside a scoped transaction sees no row of a scoped table.
+pub async fn set_scope(transaction: &mut sqlx::PgConnection, scope: &Scope) -> Result<(), sqlx::Error> {
+    // Institution and agency codes are digits; a comma cannot be part of one, so the lists need no quoting.
+    let list =
+        |codes: &[String]| codes.iter().filter(|code| !code.contains(',')).cloned().collect::<Vec<_>>().join(",");
+    let (all, units, agencies) = match scope {
+        Scope::All => ("all", String::new(), String::new()),
+        Scope::Units(units) => ("", list(units), String::new()),
+        Scope::Agencies(agencies) => ("", String::new(), list(agencies)),
+    };
+    sqlx::query(
+        "select set_config('pension.scope', $1, true), set_config('pension.units', $2, true), \
+         set_config('pension.agencies', $3, true)",
+    )
+    .bind(all)
+    .bind(units)
+    .bind(agencies)
+    .execute(transaction)
+    .await
+    .map(|_| ())
+}
+
+/// Begins a transaction with its scope set.
+pub async fn begin_scoped(
+    pool: &PgPool,
+    scope: &Scope,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut transaction = pool.begin().await?;
+    set_scope(&mut transaction, scope).await?;
+    Ok(transaction)
+}
+
+/// Whether `error` is a unique violation of the named constraint or unique index.
+pub fn violates(error: &sqlx::Error, constraint: &str) -> bool {
+    matches!(error, sqlx::Error::Database(database)
+        if database.code().as_deref() == Some("23505") && database.constraint() == Some(constraint))
 }
 
 /// Readiness: a round trip to the database.

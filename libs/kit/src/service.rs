@@ -133,12 +133,17 @@ impl Runtime {
         let service = defaults.service.as_str();
         let nats = platform.nats.clone();
         let readiness = &platform.readiness;
-        let pool = crate::db::connect(database, defaults.database)
+        // Migrations run as the owner, on a connection of their own; every query after them as the application role.
+        let owner = crate::db::connect(&DatabaseConfig { max_connections: 1, ..database.clone() }, defaults.database)
             .await
             .with_context(|| format!("failed to connect the {service} database"))?;
-        crate::db::migrate(&pool, migrator)
+        crate::db::migrate(&owner, migrator)
             .await
             .with_context(|| format!("failed to migrate the {service} database"))?;
+        owner.close().await;
+        let pool = crate::db::connect_application(database, defaults.database)
+            .await
+            .with_context(|| format!("failed to connect the {service} database"))?;
         let jetstream = jetstream::new(nats.clone());
         // The relay creates the stream on its first round (and again after failures), so a NATS outage at
         // start-up delays events instead of stopping the service.

@@ -469,9 +469,9 @@ impl Accounts {
         let actor = Actor { name: username.clone(), ..actor.clone() };
         let object = format!("account:{username}");
         if let Some(institution_code) = first_unit {
-            let entry: (String, String, String, String, String) = sqlx::query_as(
-                "select unit_name, credit_code, unit_type, region_code, agency_code from registry_entries \
-                 where institution_code = $1",
+            let entry: (String, String, String, String, String, Option<String>) = sqlx::query_as(
+                "select r.unit_name, r.credit_code, r.unit_type, r.region_code, r.agency_code, a.name \
+                 from registry_entries r left join agencies a on a.code = r.agency_code where r.institution_code = $1",
             )
             .bind(&institution_code)
             .fetch_one(&mut *transaction)
@@ -487,6 +487,7 @@ impl Accounts {
                     unit_type: entry.2.clone(),
                     region_code: entry.3.clone(),
                     agency_code: entry.4.clone(),
+                    agency_name: entry.5.clone().unwrap_or_default(),
                 }
                 .encode_to_vec()
             };

@@ -3,11 +3,13 @@
 //!
 //! Modules in reading order: this file (configuration, start-up, the gRPC face), `check` (every rule of a person, a
 //! pure function), `codes` (the code lists), `people` (校验, 保存, 待办业务 and their storage), `population` (the
-//! population registry client and the development registry). ID numbers and accounts are sealed with
+//! population registry client and the development registry), `events` (which agency handles each unit, from
+//! identity's events). ID numbers and accounts are sealed with
 //! `kit::sealing`.
 
 pub mod check;
 mod codes;
+mod events;
 mod people;
 pub mod population;
 
@@ -100,8 +102,13 @@ pub async fn build(config: &Config, platform: &Platform, serve_admin: bool) -> a
     let registry = population::Registry::new(&config.population_registry_url, config.population_timeout)?;
     let people = People { pool: runtime.pool.clone(), sealer, codes, registry };
     let api = PersonnelApi { runtime: runtime.clone(), people: Arc::new(people.clone()) };
+    let consumer = events::first_login_consumer(&platform.namespace);
+    let (pool, jetstream) = (runtime.pool.clone(), runtime.jetstream.clone());
     let app = ServiceApp::bind(runtime, PersonnelServer::new(api), (&config.service, &DEFAULTS), platform, serve_admin)
-        .await?;
+        .await?
+        .with_background(move |shutdown| {
+            kit::consumer::run(pool, jetstream, consumer, Arc::new(events::UnitAgency), shutdown)
+        });
     let interval = config.population_recheck;
     Ok(app.with_background(move |shutdown| async move {
         loop {

@@ -16,6 +16,7 @@ use tonic::{Code, Status};
 use crate::check::{self, Checked, Deemed, DeemedInput, Finding, Input, Values, kind_label};
 use crate::codes::CodeLists;
 use crate::population::{Answer, Registry};
+use kit::db::Scope;
 use kit::sealing::Sealer;
 
 /// What the people operations need.
@@ -116,6 +117,13 @@ pub fn actor(caller: &Caller) -> Actor {
     }
 }
 
+/// Why a row was not written.
+enum WriteError {
+    /// The person's one active registration was taken by another save first.
+    Taken,
+    Database(Status),
+}
+
 fn not_found() -> Status {
     refuse(Code::NotFound, "person_not_found", "没有找到该人员")
 }
@@ -144,27 +152,8 @@ impl People {
         let mut answer = Answer::Pending;
         if let Some(values) = &checked.values {
             let index = self.sealer.index(&values.id_type, &values.id_number);
-            let duplicates: Vec<(String, String)> = sqlx::query_as(
-                "select institution_code, kind from persons where id_number_hmac = $1 and ($2::uuid is null or person_id <> $2)",
-            )
-            .bind(&index)
-            .bind(editing)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(kit::db::status)?;
-            if duplicates.iter().any(|(code, _)| code == unit) {
-                checked.errors.push(Finding {
-                    field: "id_number".into(),
-                    code: "duplicate_in_unit".into(),
-                    message: "本单位已登记此证件号码的人员，请在待办业务中打开修改".into(),
-                });
-            } else if !duplicates.is_empty() {
-                // Nothing of the other unit is told: only where to turn.
-                checked.errors.push(Finding {
-                    field: "id_number".into(),
-                    code: "insured_elsewhere".into(),
-                    message: "此人已在本省其他单位参保登记，请联系所属经办机构核实后办理".into(),
-                });
+            if let Some(conflict) = self.registration_conflict(&index, unit, editing).await? {
+                checked.errors.push(conflict);
             }
             if values.id_type == "01" {
                 answer = self.registry.lookup(&[(values.id_number.clone(), values.name.clone())]).await[0];
@@ -197,6 +186,53 @@ impl People {
         Ok((checked, answer))
     }
 
+    /// The error when the person is registered already: in the caller's unit, or in another unit, named only by the
+    /// agency to contact. `active_registration` sees past row-level security and tells nothing more.
+    async fn registration_conflict(
+        &self,
+        index: &[u8],
+        unit: &str,
+        editing: Option<uuid::Uuid>,
+    ) -> Result<Option<Finding>, Status> {
+        let found: Option<(bool, String, String)> =
+            sqlx::query_as("select in_caller_unit, agency_code, agency_name from active_registration($1, $2, $3)")
+                .bind(index)
+                .bind(unit)
+                .bind(editing)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(kit::db::status)?;
+        Ok(found.map(|(in_caller_unit, agency_code, agency_name)| {
+            if in_caller_unit {
+                return Finding {
+                    field: "id_number".into(),
+                    code: "duplicate_in_unit".into(),
+                    message: "本单位已登记此证件号码的人员，请在待办业务中打开修改".into(),
+                };
+            }
+            let agency = match (agency_name.is_empty(), agency_code.is_empty()) {
+                (false, _) => format!("{agency_name}（{agency_code}）"),
+                (true, false) => format!("经办机构（代码{agency_code}）"),
+                (true, true) => "所属经办机构".to_owned(),
+            };
+            Finding {
+                field: "id_number".into(),
+                code: "insured_elsewhere".into(),
+                message: format!("此人已在本省其他单位参保登记，一人只能在一个单位参保；请联系{agency}核实后办理"),
+            }
+        }))
+    }
+
+    /// The refusal of a save that lost the race for a person to another save.
+    async fn registration_taken(&self, values: &Values, unit: &str, editing: Option<uuid::Uuid>) -> Status {
+        let index = self.sealer.index(&values.id_type, &values.id_number);
+        match self.registration_conflict(&index, unit, editing).await {
+            Ok(Some(finding)) => invalid(vec![Violation::new(&finding.field, &finding.code, &finding.message)]),
+            Ok(None) => refuse(Code::Aborted, "conflict", "同一人员正被同时保存，请重试"),
+            Err(status) => status,
+        }
+    }
+
     async fn roster_locked(&self, connection: &mut PgConnection, unit: &str) -> Result<(), Status> {
         let locked: bool =
             sqlx::query_scalar("select exists (select 1 from roster_locks where institution_code = $1 for share)")
@@ -225,6 +261,10 @@ impl People {
     ) -> Result<(Person, CheckReply), Status> {
         let unit = unit_of(caller, "", true)?;
         let actor = actor(caller);
+        // Someone else's person, or no person, is not found before anything is checked.
+        if let Some(person_id) = person_id {
+            self.read(&unit, person_id, false).await?;
+        }
         let (checked, answer) = self.check(&unit, &input, person_id).await?;
         let object = format!("person:{}", person_id.map(|id| id.to_string()).unwrap_or_else(|| "new".into()));
         let action = if person_id.is_some() { "person.update" } else { "person.create" };
@@ -265,32 +305,36 @@ impl People {
             .filter(|warning| !SELF_RESOLVING_WARNINGS.contains(&warning.code.as_str()))
             .map(|warning| serde_json::json!({ "code": warning.code, "accepted_by": actor.name, "accepted_at": now.unix_timestamp() }))
             .collect();
-        let mut transaction = self.pool.begin().await.map_err(kit::db::status)?;
+        let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::unit(&unit)).await.map_err(kit::db::status)?;
         self.roster_locked(&mut transaction, &unit).await?;
-        let person_id = match person_id {
-            Some(person_id) => {
-                let exists: bool = sqlx::query_scalar(
-                    "select exists (select 1 from persons where person_id = $1 and institution_code = $2 for update)",
-                )
-                .bind(person_id)
-                .bind(&unit)
-                .fetch_one(&mut *transaction)
-                .await
-                .map_err(kit::db::status)?;
-                if !exists {
-                    return Err(not_found());
-                }
-                self.write(&mut transaction, &unit, Some(person_id), &values, answer, &accepted_warnings, &actor)
-                    .await?;
-                person_id
+        let editing = person_id.is_some();
+        let person_id = person_id.unwrap_or_else(uuid::Uuid::now_v7);
+        if editing {
+            let exists: bool = sqlx::query_scalar(
+                "select exists (select 1 from persons where person_id = $1 and institution_code = $2 for update)",
+            )
+            .bind(person_id)
+            .bind(&unit)
+            .fetch_one(&mut *transaction)
+            .await
+            .map_err(kit::db::status)?;
+            if !exists {
+                return Err(not_found());
             }
-            None => {
-                let person_id = uuid::Uuid::now_v7();
-                self.write(&mut transaction, &unit, Some(person_id), &values, answer, &accepted_warnings, &actor)
-                    .await?;
-                person_id
+        }
+        match self.write(&mut transaction, &unit, person_id, &values, answer, &accepted_warnings, &actor).await {
+            Ok(()) => {}
+            Err(WriteError::Database(status)) => return Err(status),
+            Err(WriteError::Taken) => {
+                // Another save of the same person committed between this one's check and its write. The
+                // transaction goes first: finding whom to name needs a connection, and a burst of such saves must
+                // not hold the pool while they wait for one.
+                drop(transaction);
+                let status = self.registration_taken(&values, &unit, editing.then_some(person_id)).await;
+                self.audit_refusal(&actor, action, &object, &status).await;
+                return Err(status);
             }
-        };
+        }
         let object = format!("person:{person_id}");
         let record = audit::Record {
             actor: &actor,
@@ -312,12 +356,12 @@ impl People {
         &self,
         transaction: &mut PgConnection,
         unit: &str,
-        person_id: Option<uuid::Uuid>,
+        person_id: uuid::Uuid,
         values: &Values,
         answer: Answer,
         accepted_warnings: &[serde_json::Value],
         actor: &Actor,
-    ) -> Result<bool, Status> {
+    ) -> Result<(), WriteError> {
         let population_status = if values.id_type == "01" { answer.as_str() } else { "not_applicable" };
         let sealed = self.sealer.seal(&values.id_number);
         let index = self.sealer.index(&values.id_type, &values.id_number);
@@ -380,13 +424,17 @@ impl People {
         .bind(&actor.name)
         .bind(deemed_json(&values.deemed_periods))
         .execute(&mut *transaction)
-        .await
-        .map_err(kit::db::status)?;
-        Ok(result.rows_affected() == 1)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error) if kit::db::violates(&error, "persons_one_active_registration") => Err(WriteError::Taken),
+            Err(error) => Err(WriteError::Database(kit::db::status(error))),
+        }
     }
 
     /// One person of the unit; with `unmask`, the full ID number, and the unmasking is audited.
     pub async fn read(&self, unit: &str, person_id: uuid::Uuid, unmask: bool) -> Result<Person, Status> {
+        let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::unit(unit)).await.map_err(kit::db::status)?;
         let row: Option<PersonRow> = sqlx::query_as(
             "select person_id, institution_code, kind, name, id_type, id_number_sealed, id_number_masked, sex, \
              birth_date, funding_form, ethnicity, work_start, joined_unit, personnel_status, establishment, post_rank, \
@@ -396,9 +444,10 @@ impl People {
         )
         .bind(person_id)
         .bind(unit)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *transaction)
         .await
         .map_err(kit::db::status)?;
+        transaction.commit().await.map_err(kit::db::status)?;
         let row = row.ok_or_else(not_found)?;
         let id_number = if unmask {
             self.sealer.open(&row.id_number_sealed).map_err(|error| {
@@ -444,13 +493,14 @@ impl People {
         let page = page.max(1);
         let page_size = if page_size == 0 { 20 } else { page_size.min(100) };
         let name_filter = format!("%{}%", name.trim().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::unit(&unit)).await.map_err(kit::db::status)?;
         let total: i64 = sqlx::query_scalar(
             "select count(*) from persons where institution_code = $1 and ($2 = '' or kind = $2) and name like $3",
         )
         .bind(&unit)
         .bind(kind.trim())
         .bind(&name_filter)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *transaction)
         .await
         .map_err(kit::db::status)?;
         let rows: Vec<SummaryRow> = sqlx::query_as(
@@ -463,9 +513,10 @@ impl People {
         .bind(&name_filter)
         .bind(i64::from(page_size))
         .bind(i64::from((page - 1) * page_size))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *transaction)
         .await
         .map_err(kit::db::status)?;
+        transaction.commit().await.map_err(kit::db::status)?;
         let persons = rows
             .into_iter()
             .map(|row| PersonSummary {
@@ -488,7 +539,7 @@ impl People {
         let unit = unit_of(caller, "", true)?;
         let actor = actor(caller);
         let person_id: uuid::Uuid = person_id.trim().parse().map_err(|_| not_found())?;
-        let mut transaction = self.pool.begin().await.map_err(kit::db::status)?;
+        let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::unit(&unit)).await.map_err(kit::db::status)?;
         self.roster_locked(&mut transaction, &unit).await?;
         let masked: Option<String> = sqlx::query_scalar(
             "delete from persons where person_id = $1 and institution_code = $2 returning id_number_masked",
@@ -526,13 +577,16 @@ impl People {
 
     /// Asks the registry again about people it did not answer for, a batch at a time; returns how many it settled.
     pub async fn recheck_pending(&self) -> Result<usize, sqlx::Error> {
+        // The platform's own work, across every unit.
+        let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::All).await?;
         let rows: Vec<(uuid::Uuid, Vec<u8>, String)> = sqlx::query_as(
             "select person_id, id_number_sealed, name from persons where population_status = 'pending' \
              order by updated_at limit $1",
         )
         .bind(i64::try_from(crate::population::MAX_BATCH).unwrap_or(1000))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *transaction)
         .await?;
+        transaction.commit().await?;
         let people: Vec<(uuid::Uuid, String, String)> = rows
             .into_iter()
             .filter_map(|(person_id, sealed, name)| Some((person_id, self.sealer.open(&sealed).ok()?, name)))
@@ -547,13 +601,15 @@ impl People {
             if answer == Answer::Pending {
                 continue;
             }
+            let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::All).await?;
             sqlx::query(
                 "update persons set population_status = $2 where person_id = $1 and population_status = 'pending'",
             )
             .bind(person_id)
             .bind(answer.as_str())
-            .execute(&self.pool)
+            .execute(&mut *transaction)
             .await?;
+            transaction.commit().await?;
             settled += 1;
         }
         Ok(settled)

@@ -27,6 +27,8 @@ impl Handler for FirstLogin {
         if login.institution_code.is_empty() {
             return Err(HandlerError::Poison("UnitFirstLogin without an institution code".into()));
         }
+        // The platform's own work: the unit is not the caller's, there is no caller.
+        kit::db::set_scope(transaction, &kit::db::Scope::All).await?;
         sqlx::query(
             "insert into units (institution_code, unit_name, credit_code, unit_type, region_code, agency_code, \
              created_by_event, unit_type_code) values ($1, $2, $3, $4, $5, $6, $7, \

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use kit::audit::{self, Actor, Outcome};
+use kit::db::Scope;
 use kit::sealing::Sealer;
 use kit::status::{Violation, invalid, refuse, with_violations};
 use proto::common::Caller;
@@ -150,6 +151,17 @@ impl UnitRow {
     }
 }
 
+/// What the caller's transactions may see under row-level security: an operator its unit, a reviewer its agency's
+/// units, the province admin and the platform every unit, anyone else nothing.
+pub fn scope_of(caller: &Caller) -> Scope {
+    match caller.role.as_str() {
+        "unit_operator" => Scope::unit(&caller.institution_code),
+        "agency_reviewer" => Scope::Agencies(vec![caller.agency_code.clone()]),
+        "province_admin" | "system" => Scope::All,
+        _ => Scope::Units(Vec::new()),
+    }
+}
+
 /// The unit a caller asks for, refused alike whether it is someone else's or does not exist, so codes cannot be
 /// probed.
 pub async fn get(pool: &PgPool, caller: &Caller, institution_code: &str) -> Result<UnitRecord, Status> {
@@ -160,11 +172,13 @@ pub async fn get(pool: &PgPool, caller: &Caller, institution_code: &str) -> Resu
         "agency_reviewer" | "province_admin" | "system" if !institution_code.is_empty() => institution_code,
         _ => return Err(refuse(Code::PermissionDenied, "forbidden", "无权查看该单位的信息")),
     };
+    let mut transaction = kit::db::begin_scoped(pool, &scope_of(caller)).await.map_err(kit::db::status)?;
     let row: Option<UnitRow> = sqlx::query_as("select * from units where institution_code = $1")
         .bind(code)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *transaction)
         .await
         .map_err(kit::db::status)?;
+    transaction.commit().await.map_err(kit::db::status)?;
     let row = row.filter(|row| caller.role != "agency_reviewer" || row.agency_code == caller.agency_code);
     let Some(row) = row else {
         return Err(refuse(Code::NotFound, "unit_not_found", "没有找到该单位的参保信息"));
@@ -344,7 +358,8 @@ pub async fn update(
         certificate_serial: Some(caller.certificate_serial.clone()).filter(|serial| !serial.is_empty()),
         remote_address: Some(caller.remote_address.clone()).filter(|address| !address.is_empty()),
     };
-    let mut transaction = pool.begin().await.map_err(kit::db::status)?;
+    let mut transaction =
+        kit::db::begin_scoped(pool, &Scope::unit(&caller.institution_code)).await.map_err(kit::db::status)?;
     let current: Option<(String, String)> =
         sqlx::query_as("select state, credit_code from units where institution_code = $1 for update")
             .bind(&caller.institution_code)
@@ -522,7 +537,8 @@ mod tests {
 
     #[test]
     fn each_malformed_field_is_an_error_at_that_field() {
-        let cases: [(&str, fn(&mut UnitRecordInput), &str); 13] = [
+        type Corruption = fn(&mut UnitRecordInput);
+        let cases: [(&str, Corruption, &str); 13] = [
             ("unit_type", |input| input.unit_type = "国企".into(), "unknown_code"),
             ("subordination", |input| input.subordination = "村".into(), "unknown_code"),
             ("contact_phone", |input| input.contact_phone = "12345".into(), "invalid_phone"),

@@ -2,4 +2,5 @@
 //! registry on another, called over NATS RPC exactly as the gateway calls it.
 
 mod helpers;
+mod isolation;
 mod people;

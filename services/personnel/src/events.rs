@@ -1,0 +1,43 @@
+//! Identity's events this service acts on: a unit operator's first login tells which agency handles the unit, so
+//! that a person registered in that unit can be pointed to it from elsewhere.
+
+use kit::consumer::{ConsumerSpec, Event, Handler, HandlerError};
+use prost::Message as _;
+use proto::events::UnitFirstLogin;
+use proto::names::Namespace;
+use sqlx::PgConnection;
+
+/// The durable consumer of `unit_first_login` on identity's stream (units has its own, for the draft record).
+pub fn first_login_consumer(namespace: &Namespace) -> ConsumerSpec {
+    ConsumerSpec::new(
+        namespace.events_stream("identity"),
+        namespace.events_filter("identity"),
+        namespace.consumer("personnel", "first_login"),
+        namespace.event_subject("identity", "unit_first_login"),
+    )
+}
+
+/// Records the unit's agency; a later event for the same unit (the registry moved it) replaces it.
+#[derive(Debug)]
+pub struct UnitAgency;
+
+impl Handler for UnitAgency {
+    async fn handle(&self, transaction: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
+        let login = UnitFirstLogin::decode(event.payload.as_ref())
+            .map_err(|error| HandlerError::Poison(format!("not a UnitFirstLogin: {error}")))?;
+        if login.institution_code.is_empty() || login.agency_code.is_empty() {
+            return Err(HandlerError::Poison("UnitFirstLogin without its unit or agency".into()));
+        }
+        sqlx::query(
+            "insert into unit_agencies (institution_code, agency_code, agency_name) values ($1, $2, $3) \
+             on conflict (institution_code) do update set agency_code = excluded.agency_code, \
+             agency_name = excluded.agency_name",
+        )
+        .bind(&login.institution_code)
+        .bind(&login.agency_code)
+        .bind(&login.agency_name)
+        .execute(&mut *transaction)
+        .await?;
+        Ok(())
+    }
+}
