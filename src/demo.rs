@@ -320,7 +320,7 @@ async fn seed_unit(platform: &Platform, unit: &DemoAccount) -> anyhow::Result<()
             .await
             .map_err(rpc_error("the demo unit's record"))?;
     }
-    for demo in &DEMO_PEOPLE {
+    for (number, demo) in DEMO_PEOPLE.iter().enumerate() {
         let name = demo.name;
         let mut person = PersonInput {
             kind: demo.kind.into(),
@@ -367,6 +367,8 @@ async fn seed_unit(platform: &Platform, unit: &DemoAccount) -> anyhow::Result<()
             .create_person(CreatePersonRequest {
                 caller: operator.clone(),
                 person: Some(PersonInput { accepted_warnings, ..person }),
+                // A seed cut short and run again saves nobody twice.
+                idempotency_key: format!("demo-seed-{number}"),
             })
             .await
             .map_err(rpc_error("saving a demo person"))?;

@@ -220,3 +220,42 @@ async fn people_are_checked_saved_listed_masked_edited_and_deleted_over_the_api(
     assert_eq!((status, gone["code"].as_str()), (StatusCode::NOT_FOUND, Some("person_not_found")));
     platform.stop().await;
 }
+
+#[tokio::test]
+async fn a_create_with_an_idempotency_key_is_safe_to_send_twice() {
+    let (platform, operator) = signed_in_unit().await;
+    let person = json!({
+        "kind": "staff", "name": "李娜", "id_type": "01", "id_number": "230502199002152344",
+        "funding_form": "全额拨款", "work_start": "2012-07-01", "joined_unit": "2015-03-01",
+        "personnel_status": "公务员", "establishment": "编制内"
+    });
+    let send = |body: Value| {
+        operator
+            .client
+            .post(platform.secure_url("/api/persons"))
+            .header("cookie", &operator.cookie)
+            .header("x-csrf-token", &operator.csrf)
+            .header("idempotency-key", "0b7c6a2e-retry")
+            .json(&body)
+            .send()
+    };
+
+    let first = send(person.clone()).await.expect("answer");
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.expect("json");
+    let again = send(person.clone()).await.expect("answer");
+    assert_eq!(again.status(), StatusCode::CREATED, "the retry gets the first answer");
+    let again: Value = again.json().await.expect("json");
+    assert_eq!(again["person"]["person_id"], first["person"]["person_id"]);
+
+    let mut other = person;
+    other["name"] = json!("王秀英");
+    other["id_number"] = json!("23050219820315224X");
+    let reused = send(other).await.expect("answer");
+    assert_eq!(reused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let reused: Value = reused.json().await.expect("json");
+    assert_eq!(reused["code"], "idempotency_key_reused");
+    let (_, list) = operator.call(reqwest::Method::GET, platform.secure_url("/api/persons"), None).await;
+    assert_eq!(list["total"], 1);
+    platform.stop().await;
+}

@@ -542,16 +542,22 @@ async fn check_person(
     Ok(personnel(state).check_person(request).await.map_err(ApiError::from)?.into_inner())
 }
 
+/// Saves a new person (`person_id` None) or an edit. `idempotency_key` makes a create safe to retry.
 async fn save_person(
     state: &AppState,
     signed_in: &SignedIn,
     body: PersonBody,
     person_id: Option<String>,
+    idempotency_key: &str,
 ) -> Result<(Person, CheckReply), ApiError> {
     operator(signed_in)?;
     let reply = match person_id {
         None => {
-            let request = CreatePersonRequest { caller: signed_in.caller(), person: Some(body.into_input()) };
+            let request = CreatePersonRequest {
+                caller: signed_in.caller(),
+                person: Some(body.into_input()),
+                idempotency_key: idempotency_key.to_owned(),
+            };
             personnel(state).create_person(request).await
         }
         Some(person_id) => {
@@ -580,10 +586,27 @@ pub async fn check_person_api(State(state): State<AppState>, signed_in: SignedIn
     result.map(|reply| Json(check_json(&reply))).into_response()
 }
 
-/// `createPerson`: POST /api/persons.
-pub async fn create_person_api(State(state): State<AppState>, signed_in: SignedIn, body: Bytes) -> Response {
+/// `createPerson`: POST /api/persons; an `Idempotency-Key` header makes it safe to retry.
+pub async fn create_person_api(
+    State(state): State<AppState>,
+    signed_in: SignedIn,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let key = match headers.get("idempotency-key").map(|value| value.to_str()) {
+        None => "",
+        Some(Ok(key)) => key,
+        Some(Err(_)) => {
+            let error = ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_idempotency_key",
+                "Idempotency-Key 应为1至100个可见ASCII字符",
+            );
+            return error.into_response();
+        }
+    };
     let result = match parse::<PersonBody>(&body) {
-        Ok(body) => save_person(&state, &signed_in, body, None).await,
+        Ok(body) => save_person(&state, &signed_in, body, None, key).await,
         Err(error) => Err(error),
     };
     match result {
@@ -604,7 +627,7 @@ pub async fn update_person_api(
     body: Bytes,
 ) -> Response {
     let result = match parse::<PersonBody>(&body) {
-        Ok(body) => save_person(&state, &signed_in, body, Some(person_id)).await,
+        Ok(body) => save_person(&state, &signed_in, body, Some(person_id), "").await,
         Err(error) => Err(error),
     };
     result
@@ -754,6 +777,8 @@ struct FormState {
     /// The digest of the values a successful 校验 covered: 保存 is enabled only with it.
     checked: String,
     normalized: Option<(String, String)>,
+    /// The new-person form's Idempotency-Key, made when the form is first shown.
+    idempotency_key: String,
 }
 
 async fn render_person(
@@ -771,7 +796,7 @@ async fn render_person(
         heading => heading, kind => kind, retiree => kind != "staff", person_id => person_id,
         form => Value::from(Serde(form.with_blank_rows())), codes => Value::from(Serde(person_codes(state).await)),
         errors => error_map(&view.errors), error_list => view.errors, warnings => view.warnings, message => view.message, error => view.error,
-        checked => view.checked, normalized => view.normalized },
+        checked => view.checked, normalized => view.normalized, idempotency_key => view.idempotency_key },
     )
 }
 
@@ -789,7 +814,8 @@ pub async fn new_person_page(
         ethnicity: "01".into(),
         ..PersonBody::default()
     };
-    render_person(&state, &signed_in, "", &form, FormState::default()).await
+    let view = FormState { idempotency_key: uuid::Uuid::new_v4().to_string(), ..FormState::default() };
+    render_person(&state, &signed_in, "", &form, view).await
 }
 
 pub async fn edit_person_page(
@@ -850,16 +876,18 @@ async fn person_submit(state: AppState, signed_in: SignedIn, person_id: Option<S
         body.deemed_periods.pop();
     }
     let action = form.extra.get("action").map(String::as_str).unwrap_or("check");
+    // The new-person form carries a key made when it was first shown, so a double 保存 saves once.
+    let key = form.extra.get("idempotency_key").cloned().unwrap_or_default();
     let checked = form.extra.get("checked").cloned().unwrap_or_default();
     let digest = body.digest();
     if action == "save" && checked != digest {
         let view = FormState {
             error: "内容已修改，请先校验，校验通过后再保存。".into(), ..FormState::default()
         };
-        return render_person(&state, &signed_in, &id, &body, view).await;
+        return render_person(&state, &signed_in, &id, &body, FormState { idempotency_key: key, ..view }).await;
     }
     if action == "save" {
-        return match save_person(&state, &signed_in, body.clone(), person_id).await {
+        return match save_person(&state, &signed_in, body.clone(), person_id, &key).await {
             Ok((person, _)) => {
                 Redirect::to(&format!("/persons?kind={}&saved={}", person.kind, crate::pages::url_encode(&person.name)))
                     .into_response()
@@ -869,7 +897,7 @@ async fn person_submit(state: AppState, signed_in: SignedIn, person_id: Option<S
                 // Warnings not yet accepted leave the check standing: tick them and save again.
                 let checked = if warnings.is_empty() { String::new() } else { digest };
                 let view = FormState { errors, warnings, error: message, checked, ..FormState::default() };
-                render_person(&state, &signed_in, &id, &body, view).await
+                render_person(&state, &signed_in, &id, &body, FormState { idempotency_key: key, ..view }).await
             }
         };
     }
@@ -896,12 +924,13 @@ async fn person_submit(state: AppState, signed_in: SignedIn, person_id: Option<S
                 errors,
                 warnings,
                 normalized,
+                idempotency_key: key,
             };
             render_person(&state, &signed_in, &id, &body, view).await
         }
         Err(problem) => {
             let view = FormState { error: problem.message, ..FormState::default() };
-            render_person(&state, &signed_in, &id, &body, view).await
+            render_person(&state, &signed_in, &id, &body, FormState { idempotency_key: key, ..view }).await
         }
     }
 }

@@ -121,6 +121,9 @@ pub async fn build(config: &Config, platform: &Platform, serve_admin: bool) -> a
                 Ok(settled) => tracing::info!(settled, "population registry answered for people checked earlier"),
                 Err(error) => tracing::warn!(%error, "cannot re-check people with the population registry"),
             }
+            if let Err(error) = people.prune_idempotency_keys().await {
+                tracing::warn!(%error, "cannot prune old idempotency keys");
+            }
         }
     }))
 }
@@ -161,9 +164,10 @@ impl Personnel for PersonnelApi {
     async fn create_person(&self, request: Request<CreatePersonRequest>) -> Result<Response<PersonReply>, Status> {
         let request = request.into_inner();
         let caller = request.caller.unwrap_or_default();
-        let (input, accepted) = people::input_of(request.person.unwrap_or_default());
-        let (person, check) = self.people.save(&caller, None, input, accepted).await?;
-        Ok(Response::new(PersonReply { person: Some(person), check: Some(check) }))
+        let person = request.person.unwrap_or_default();
+        let idempotency = people::Idempotency::of(&request.idempotency_key, &person)?;
+        let (input, accepted) = people::input_of(person);
+        self.people.save(&caller, None, input, accepted, idempotency.as_ref()).await.map(Response::new)
     }
 
     async fn update_person(&self, request: Request<UpdatePersonRequest>) -> Result<Response<PersonReply>, Status> {
@@ -175,8 +179,7 @@ impl Personnel for PersonnelApi {
             .parse()
             .map_err(|_| kit::status::refuse(tonic::Code::NotFound, "person_not_found", "没有找到该人员"))?;
         let (input, accepted) = people::input_of(request.person.unwrap_or_default());
-        let (person, check) = self.people.save(&caller, Some(person_id), input, accepted).await?;
-        Ok(Response::new(PersonReply { person: Some(person), check: Some(check) }))
+        self.people.save(&caller, Some(person_id), input, accepted, None).await.map(Response::new)
     }
 
     async fn get_person(&self, request: Request<GetPersonRequest>) -> Result<Response<Person>, Status> {

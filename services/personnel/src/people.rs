@@ -7,7 +7,7 @@ use kit::status::{Violation, invalid, refuse};
 use proto::common::Caller;
 use proto::personnel::{
     AcceptedWarning, CheckReply, DeemedPeriod, Finding as FindingMessage, ListPersonsReply, Normalized, Person,
-    PersonInput, PersonSummary,
+    PersonInput, PersonReply, PersonSummary,
 };
 use sqlx::{PgConnection, PgPool};
 use time::{Date, OffsetDateTime};
@@ -18,6 +18,8 @@ use crate::codes::CodeLists;
 use crate::population::{Answer, Registry};
 use kit::db::Scope;
 use kit::sealing::Sealer;
+use prost::Message as _;
+use sha2::Digest as _;
 
 /// What the people operations need.
 #[derive(Debug, Clone)]
@@ -115,6 +117,74 @@ pub fn actor(caller: &Caller) -> Actor {
         certificate_serial: Some(caller.certificate_serial.clone()).filter(|serial| !serial.is_empty()),
         remote_address: Some(caller.remote_address.clone()).filter(|address| !address.is_empty()),
     }
+}
+
+/// A create's Idempotency-Key and the digest of what it asked.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: String,
+    pub request_digest: Vec<u8>,
+}
+
+impl Idempotency {
+    /// `None` without a key; a key that is empty after trimming counts as none.
+    pub fn of(key: &str, request: &PersonInput) -> Result<Option<Self>, Status> {
+        let key = key.trim();
+        if key.is_empty() {
+            return Ok(None);
+        }
+        if key.len() > 100 || !key.bytes().all(|byte| byte.is_ascii_graphic()) {
+            return Err(invalid(vec![Violation::new(
+                "idempotency_key",
+                "invalid_idempotency_key",
+                "Idempotency-Key 应为1至100个可见ASCII字符",
+            )]));
+        }
+        let request_digest = sha2::Sha256::digest(request.encode_to_vec()).to_vec();
+        Ok(Some(Self { key: key.to_owned(), request_digest }))
+    }
+}
+
+/// Why a key could not be claimed.
+enum ClaimError {
+    /// Another call with the key committed: its answer stands.
+    Taken,
+    /// Another call with the key is still being saved after the wait.
+    Waited,
+    Database(sqlx::Error),
+}
+
+/// How long a retry waits for a first call with the same key that is still being saved.
+const IN_FLIGHT_WAIT: &str = "10s";
+
+async fn claim_key(connection: &mut PgConnection, unit: &str, idempotency: &Idempotency) -> Result<(), ClaimError> {
+    sqlx::query("select set_config('lock_timeout', $1, true)")
+        .bind(IN_FLIGHT_WAIT)
+        .execute(&mut *connection)
+        .await
+        .map_err(ClaimError::Database)?;
+    let claimed = sqlx::query(
+        "insert into idempotency_keys (institution_code, key, request_digest, response) values ($1, $2, $3, '')",
+    )
+    .bind(unit)
+    .bind(&idempotency.key)
+    .bind(&idempotency.request_digest)
+    .execute(&mut *connection)
+    .await;
+    match claimed {
+        Ok(_) => sqlx::query("select set_config('lock_timeout', '0', true)")
+            .execute(connection)
+            .await
+            .map(|_| ())
+            .map_err(ClaimError::Database),
+        Err(error) if kit::db::violates(&error, "idempotency_keys_pkey") => Err(ClaimError::Taken),
+        Err(sqlx::Error::Database(database)) if database.code().as_deref() == Some("55P03") => Err(ClaimError::Waited),
+        Err(error) => Err(ClaimError::Database(error)),
+    }
+}
+
+fn in_flight() -> Status {
+    refuse(Code::Aborted, "idempotency_in_flight", "相同 Idempotency-Key 的提交仍在处理中，请稍后重试")
 }
 
 /// Why a row was not written.
@@ -258,8 +328,33 @@ impl People {
         person_id: Option<uuid::Uuid>,
         input: Input,
         accepted: Vec<String>,
-    ) -> Result<(Person, CheckReply), Status> {
+        idempotency: Option<&Idempotency>,
+    ) -> Result<PersonReply, Status> {
         let unit = unit_of(caller, "", true)?;
+        let Some(idempotency) = idempotency else {
+            return self.save_once(caller, &unit, person_id, input, accepted, None).await;
+        };
+        if let Some(first) = self.first_answer(&unit, idempotency).await? {
+            return Ok(first);
+        }
+        match self.save_once(caller, &unit, person_id, input, accepted, Some(idempotency)).await {
+            Ok(reply) => Ok(reply),
+            // A retry that checked while its first call was committing finds the person saved: the first answer
+            // is its answer.
+            Err(refused) => self.first_answer(&unit, idempotency).await?.ok_or(refused),
+        }
+    }
+
+    async fn save_once(
+        &self,
+        caller: &Caller,
+        unit: &str,
+        person_id: Option<uuid::Uuid>,
+        input: Input,
+        accepted: Vec<String>,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<PersonReply, Status> {
+        let unit = unit.to_owned();
         let actor = actor(caller);
         // Someone else's person, or no person, is not found before anything is checked.
         if let Some(person_id) = person_id {
@@ -306,6 +401,18 @@ impl People {
             .map(|warning| serde_json::json!({ "code": warning.code, "accepted_by": actor.name, "accepted_at": now.unix_timestamp() }))
             .collect();
         let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::unit(&unit)).await.map_err(kit::db::status)?;
+        if let Some(idempotency) = idempotency {
+            // Claimed first, so a retry of a call still in flight waits here for it rather than racing it.
+            match claim_key(&mut transaction, &unit, idempotency).await {
+                Ok(()) => {}
+                Err(ClaimError::Taken) => {
+                    drop(transaction);
+                    return self.first_answer(&unit, idempotency).await?.ok_or_else(in_flight);
+                }
+                Err(ClaimError::Waited) => return Err(in_flight()),
+                Err(ClaimError::Database(error)) => return Err(kit::db::status(error)),
+            }
+        }
         self.roster_locked(&mut transaction, &unit).await?;
         let editing = person_id.is_some();
         let person_id = person_id.unwrap_or_else(uuid::Uuid::now_v7);
@@ -345,9 +452,46 @@ impl People {
                                         "accepted_warnings": accepted_warnings.len() }),
         };
         audit::append(&mut transaction, &record).await.map_err(kit::db::status)?;
+        let person = self.read_on(&mut transaction, &unit, person_id, false).await?;
+        let reply = PersonReply { person: Some(person), check: Some(reply_of(&checked)) };
+        if let Some(idempotency) = idempotency {
+            sqlx::query("update idempotency_keys set response = $3 where institution_code = $1 and key = $2")
+                .bind(&unit)
+                .bind(&idempotency.key)
+                .bind(reply.encode_to_vec())
+                .execute(&mut *transaction)
+                .await
+                .map_err(kit::db::status)?;
+        }
         transaction.commit().await.map_err(kit::db::status)?;
-        let person = self.read(&unit, person_id, false).await?;
-        Ok((person, reply_of(&checked)))
+        Ok(reply)
+    }
+
+    /// The answer a key was first given, when the key was used before; the same key with another request is
+    /// refused.
+    async fn first_answer(&self, unit: &str, idempotency: &Idempotency) -> Result<Option<PersonReply>, Status> {
+        let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::unit(unit)).await.map_err(kit::db::status)?;
+        let stored: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "select request_digest, response from idempotency_keys where institution_code = $1 and key = $2",
+        )
+        .bind(unit)
+        .bind(&idempotency.key)
+        .fetch_optional(&mut *transaction)
+        .await
+        .map_err(kit::db::status)?;
+        transaction.commit().await.map_err(kit::db::status)?;
+        let Some((digest, response)) = stored else { return Ok(None) };
+        if digest != idempotency.request_digest {
+            return Err(invalid(vec![Violation::new(
+                "idempotency_key",
+                "idempotency_key_reused",
+                "此 Idempotency-Key 已用于另一次不同内容的提交；新的提交请使用新的键",
+            )]));
+        }
+        PersonReply::decode(response.as_slice()).map(Some).map_err(|error| {
+            tracing::error!(%error, "a stored idempotent answer does not decode");
+            Status::internal("internal error")
+        })
     }
 
     /// Inserts or updates one row (the caller has made sure an updated row is the unit's).
@@ -435,6 +579,19 @@ impl People {
     /// One person of the unit; with `unmask`, the full ID number, and the unmasking is audited.
     pub async fn read(&self, unit: &str, person_id: uuid::Uuid, unmask: bool) -> Result<Person, Status> {
         let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::unit(unit)).await.map_err(kit::db::status)?;
+        let person = self.read_on(&mut transaction, unit, person_id, unmask).await?;
+        transaction.commit().await.map_err(kit::db::status)?;
+        Ok(person)
+    }
+
+    /// One person of the unit, read on a connection whose transaction is scoped to the unit.
+    async fn read_on(
+        &self,
+        connection: &mut PgConnection,
+        unit: &str,
+        person_id: uuid::Uuid,
+        unmask: bool,
+    ) -> Result<Person, Status> {
         let row: Option<PersonRow> = sqlx::query_as(
             "select person_id, institution_code, kind, name, id_type, id_number_sealed, id_number_masked, sex, \
              birth_date, funding_form, ethnicity, work_start, joined_unit, personnel_status, establishment, post_rank, \
@@ -444,10 +601,9 @@ impl People {
         )
         .bind(person_id)
         .bind(unit)
-        .fetch_optional(&mut *transaction)
+        .fetch_optional(connection)
         .await
         .map_err(kit::db::status)?;
-        transaction.commit().await.map_err(kit::db::status)?;
         let row = row.ok_or_else(not_found)?;
         let id_number = if unmask {
             self.sealer.open(&row.id_number_sealed).map_err(|error| {
@@ -573,6 +729,17 @@ impl People {
         if let Err(error) = result {
             tracing::warn!(%error, action, "cannot audit a refusal");
         }
+    }
+
+    /// Forgets idempotency keys older than a day; returns how many.
+    pub async fn prune_idempotency_keys(&self) -> Result<u64, sqlx::Error> {
+        let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::All).await?;
+        let pruned = sqlx::query("delete from idempotency_keys where created_at < now() - interval '1 day'")
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
+        transaction.commit().await?;
+        Ok(pruned)
     }
 
     /// Asks the registry again about people it did not answer for, a batch at a time; returns how many it settled.

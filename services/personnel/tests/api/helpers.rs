@@ -15,14 +15,39 @@ use sqlx::PgPool;
 pub struct TestPersonnel {
     pub client: PersonnelClient<NatsChannel>,
     pub pool: PgPool,
+    pub platform: Platform,
+    config: personnel::Config,
+    /// Stops this instance of the service (the development registry has its own).
+    instance: CancellationToken,
     shutdown: CancellationToken,
     _databases: Vec<TestDatabase>,
 }
 
 impl Drop for TestPersonnel {
     fn drop(&mut self) {
+        self.instance.cancel();
         self.shutdown.cancel();
     }
+}
+
+impl TestPersonnel {
+    /// Kills the running instance and starts a new one on the same database and namespace: what a crash and a
+    /// restart leave.
+    pub async fn restart(&mut self) {
+        self.instance.cancel();
+        self.instance = CancellationToken::new();
+        let app = personnel::build(&self.config, &self.platform, false).await.expect("personnel builds again");
+        tokio::spawn(app.run(self.instance.clone()));
+        wait_until_answering(&self.client).await;
+    }
+}
+
+async fn wait_until_answering(client: &PersonnelClient<NatsChannel>) {
+    kit::testing::eventually(Duration::from_secs(10), "personnel answers", || {
+        let mut client = client.clone();
+        async move { client.get_status(proto::common::GetStatusRequest {}).await.is_ok() }
+    })
+    .await;
 }
 
 /// The people the development registry knows in these tests.
@@ -67,16 +92,13 @@ pub async fn spawn_personnel_with(registry_url: Option<String>) -> TestPersonnel
         population_registry_url: registry_url.unwrap_or_else(|| format!("http://127.0.0.1:{registry_port}")),
         ..personnel::Config::default()
     };
+    let instance = CancellationToken::new();
     let app = personnel::build(&config, &platform, false).await.expect("personnel builds");
-    tokio::spawn(app.run(shutdown.clone()));
+    tokio::spawn(app.run(instance.clone()));
     let pool = kit::db::connect(&database.config(), "unused").await.expect("pool");
     let client = PersonnelClient::new(platform.channel(Service::Personnel));
-    kit::testing::eventually(Duration::from_secs(10), "personnel answers", || {
-        let mut client = client.clone();
-        async move { client.get_status(proto::common::GetStatusRequest {}).await.is_ok() }
-    })
-    .await;
-    TestPersonnel { client, pool, shutdown, _databases: vec![registry_database, database] }
+    wait_until_answering(&client).await;
+    TestPersonnel { client, pool, platform, config, instance, shutdown, _databases: vec![registry_database, database] }
 }
 
 pub async fn spawn_personnel() -> TestPersonnel {

@@ -52,6 +52,7 @@ async fn a_hundred_units_saving_one_person_at_once_insure_the_person_in_exactly_
                 .create_person(CreatePersonRequest {
                     caller: operator(&unit),
                     person: Some(staff("李娜", "230502199002152344")),
+                    ..Default::default()
                 })
                 .await
         })
@@ -88,7 +89,11 @@ async fn row_level_security_holds_for_the_application_role_without_the_services_
     for (unit, name, id) in [("230500001", "张伟", "230502198001011238"), ("230500002", "李娜", "230502199002152344")]
     {
         client
-            .create_person(CreatePersonRequest { caller: operator(unit), person: Some(staff(name, id)) })
+            .create_person(CreatePersonRequest {
+                caller: operator(unit),
+                person: Some(staff(name, id)),
+                ..Default::default()
+            })
             .await
             .expect("saved");
     }
@@ -141,6 +146,7 @@ async fn a_unit_reaches_nothing_of_another_units_people_by_id_filter_or_guess() 
         .create_person(CreatePersonRequest {
             caller: operator(owner),
             person: Some(staff("李娜", "230502199002152344")),
+            ..Default::default()
         })
         .await
         .expect("saved")
@@ -151,6 +157,7 @@ async fn a_unit_reaches_nothing_of_another_units_people_by_id_filter_or_guess() 
         .create_person(CreatePersonRequest {
             caller: operator(intruder),
             person: Some(staff("张伟", "230502198001011238")),
+            ..Default::default()
         })
         .await
         .expect("saved");

@@ -2,5 +2,6 @@
 //! registry on another, called over NATS RPC exactly as the gateway calls it.
 
 mod helpers;
+mod idempotency;
 mod isolation;
 mod people;

@@ -128,7 +128,11 @@ async fn a_save_checks_again_and_stores_only_accepted_warnings_with_who_and_when
     let unknown = staff("刘强", "230502198503153412");
 
     let refused = client
-        .create_person(CreatePersonRequest { caller: operator(UNIT), person: Some(unknown.clone()) })
+        .create_person(CreatePersonRequest {
+            caller: operator(UNIT),
+            person: Some(unknown.clone()),
+            ..Default::default()
+        })
         .await
         .expect_err("the warning is not accepted");
     assert_eq!(refused.code(), Code::FailedPrecondition);
@@ -138,6 +142,7 @@ async fn a_save_checks_again_and_stores_only_accepted_warnings_with_who_and_when
         .create_person(CreatePersonRequest {
             caller: operator(UNIT),
             person: Some(PersonInput { establishment: "编制外".into(), ..unknown.clone() }),
+            ..Default::default()
         })
         .await
         .expect_err("errors are never saved");
@@ -147,6 +152,7 @@ async fn a_save_checks_again_and_stores_only_accepted_warnings_with_who_and_when
         .create_person(CreatePersonRequest {
             caller: operator(UNIT),
             person: Some(PersonInput { accepted_warnings: vec!["population_not_found".into()], ..unknown }),
+            ..Default::default()
         })
         .await
         .expect("saved")
@@ -166,6 +172,7 @@ async fn a_save_checks_again_and_stores_only_accepted_warnings_with_who_and_when
         .create_person(CreatePersonRequest {
             caller: operator(UNIT),
             person: Some(staff("刘强", "230502198503153412")),
+            ..Default::default()
         })
         .await
         .expect_err("one registration per person and unit");
@@ -189,7 +196,11 @@ async fn the_list_masks_filters_and_pages_and_only_the_unit_sees_its_people() {
     let mut client = personnel.client.clone();
     for (name, id) in [("张伟", "230502198001011238"), ("李娜", "230502199002152344")] {
         client
-            .create_person(CreatePersonRequest { caller: operator(UNIT), person: Some(staff(name, id)) })
+            .create_person(CreatePersonRequest {
+                caller: operator(UNIT),
+                person: Some(staff(name, id)),
+                ..Default::default()
+            })
             .await
             .expect("saved");
     }
@@ -197,6 +208,7 @@ async fn the_list_masks_filters_and_pages_and_only_the_unit_sees_its_people() {
         .create_person(CreatePersonRequest {
             caller: operator(UNIT),
             person: Some(retiree("retiree_pre_reform", "2009-12-31")),
+            ..Default::default()
         })
         .await
         .expect("retiree saved");
@@ -329,6 +341,7 @@ async fn a_silent_registry_leaves_a_warning_that_needs_no_acceptance_and_a_pendi
         .create_person(CreatePersonRequest {
             caller: operator(UNIT),
             person: Some(staff("李娜", "230502199002152344")),
+            ..Default::default()
         })
         .await
         .expect("saved without accepting the registry's silence")
@@ -347,6 +360,7 @@ async fn a_locked_roster_refuses_every_change() {
         .create_person(CreatePersonRequest {
             caller: operator(UNIT),
             person: Some(staff("张伟", "230502198001011238")),
+            ..Default::default()
         })
         .await
         .expect("saved")
@@ -363,6 +377,7 @@ async fn a_locked_roster_refuses_every_change() {
         .create_person(CreatePersonRequest {
             caller: operator(UNIT),
             person: Some(staff("李娜", "230502199002152344")),
+            ..Default::default()
         })
         .await
         .expect_err("locked");
@@ -432,6 +447,7 @@ async fn deemed_contribution_periods_end_before_the_reform_fit_their_span_and_ne
         .create_person(CreatePersonRequest {
             caller: operator(UNIT),
             person: Some(PersonInput { accepted_warnings, ..person.clone() }),
+            ..Default::default()
         })
         .await
         .expect("saved")
