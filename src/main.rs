@@ -53,7 +53,7 @@ enum Command {
         #[command(subcommand)]
         action: CaAction,
     },
-    /// Keys of the earlier systems.
+    /// Keys of the earlier systems, and the data keys of personal numbers at rest.
     Keys {
         #[command(subcommand)]
         action: KeysAction,
@@ -88,6 +88,11 @@ enum KeysAction {
         #[arg(long)]
         keys: PathBuf,
     },
+    /// Seal every ID number and account stored under an older data key again under the current one, in personnel
+    /// and units, while the platform keeps serving. First give every instance the new key as `data_key` (with a
+    /// higher `data_key_version`) and the old one in `retired_data_keys`; once this reports nothing remaining, the
+    /// old key can go.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +139,7 @@ fn main() -> ExitCode {
             Command::Keys { action: KeysAction::ImportLegacy { roots, keys } } => {
                 import_legacy(process, roots, keys).await
             }
+            Command::Keys { action: KeysAction::Rotate } => rotate_data_keys(process).await,
             Command::Demo { action: DemoAction::Seed { out } } => pension::demo::seed(process, &out).await,
         }
     })
@@ -177,6 +183,44 @@ async fn import_legacy(process: Process, roots: PathBuf, keys: PathBuf) -> anyho
     println!("{}: {} keys loaded, {} refused", keys.display(), report.loaded, report.errors.len());
     for error in &report.errors {
         println!("  row {} {}: {} ({})", error.row, error.column, error.message, error.code);
+    }
+    Ok(())
+}
+
+/// `pension keys rotate`: each sealing service re-seals its values; the counts are printed, and anything left
+/// under an older key makes the command fail so a script notices.
+async fn rotate_data_keys(process: Process) -> anyhow::Result<()> {
+    use proto::personnel::personnel_client::PersonnelClient;
+    use proto::units::units_client::UnitsClient;
+
+    let platform = Platform::connect(&process, "pension-cli").await?;
+    platform.wait_connected(std::time::Duration::from_secs(10)).await?;
+    let user = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+    let caller =
+        Some(proto::common::Caller { actor: format!("cli:{user}"), role: "system".into(), ..Default::default() });
+    let request = || proto::common::RotateDataKeyRequest { caller: caller.clone() };
+    let failed =
+        |service: &'static str| move |status: tonic::Status| anyhow::anyhow!("{service}: {}", status.message());
+    // A whole table may take a while: no short deadline.
+    let long = std::time::Duration::from_secs(3600);
+    let personnel = PersonnelClient::new(platform.channel_with_timeout(proto::names::Service::Personnel, long))
+        .rotate_data_key(request())
+        .await
+        .map_err(failed("personnel"))?
+        .into_inner();
+    let units = UnitsClient::new(platform.channel_with_timeout(proto::names::Service::Units, long))
+        .rotate_data_key(request())
+        .await
+        .map_err(failed("units"))?
+        .into_inner();
+    for (service, reply) in [("personnel", &personnel), ("units", &units)] {
+        println!(
+            "{service}: {} values sealed again under data key version {}, {} remaining",
+            reply.resealed, reply.version, reply.remaining
+        );
+    }
+    if personnel.remaining + units.remaining > 0 {
+        anyhow::bail!("some values are still under an older key (held by saves throughout): run it again");
     }
     Ok(())
 }

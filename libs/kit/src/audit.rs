@@ -37,6 +37,18 @@ pub struct Actor {
     pub remote_address: Option<String>,
 }
 
+impl Actor {
+    /// Who called, as the gateway or the command line said.
+    pub fn of(caller: &proto::common::Caller) -> Self {
+        Self {
+            name: if caller.actor.is_empty() { "anonymous".into() } else { caller.actor.clone() },
+            role: if caller.role.is_empty() { "public".into() } else { caller.role.clone() },
+            certificate_serial: Some(caller.certificate_serial.clone()).filter(|serial| !serial.is_empty()),
+            remote_address: Some(caller.remote_address.clone()).filter(|address| !address.is_empty()),
+        }
+    }
+}
+
 /// One audit record. `detail` must hold masked values only (never an ID number or secret in clear).
 #[derive(Debug, Clone)]
 pub struct Record<'a> {

@@ -68,7 +68,12 @@ impl Platform {
 
     /// A channel for calling `service` over NATS RPC: `UnitsClient::new(platform.channel(Service::Units))`.
     pub fn channel(&self, service: Service) -> NatsChannel {
-        NatsChannel::new(self.nats.clone(), self.namespace.rpc_prefix(service.as_str()), self.request_timeout)
+        self.channel_with_timeout(service, self.request_timeout)
+    }
+
+    /// A channel whose calls may take longer than requests usually do (maintenance, such as a key rotation).
+    pub fn channel_with_timeout(&self, service: Service, timeout: Duration) -> NatsChannel {
+        NatsChannel::new(self.nats.clone(), self.namespace.rpc_prefix(service.as_str()), timeout)
     }
 }
 

@@ -25,7 +25,6 @@ use proto::personnel::{
     GetPersonRequest, ListCodesReply, ListCodesRequest, ListPersonsReply, ListPersonsRequest, Person, PersonReply,
     UpdatePersonRequest,
 };
-use secrecy::SecretString;
 use serde::Deserialize;
 use sqlx::migrate::Migrator;
 use tonic::{Request, Response, Status};
@@ -39,22 +38,16 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/personnel");
 pub const DEFAULTS: ServiceDefaults =
     ServiceDefaults { service: Service::Personnel, database: "pension_personnel", grpc_port: 50062, admin_port: 8093 };
 
-/// Keys used when none is configured: fine for development and tests, never for production (a warning says so).
-const DEVELOPMENT_DATA_KEY: &str = "development-only-personnel-data-key";
-const DEVELOPMENT_INDEX_KEY: &str = "development-only-personnel-index-key";
-
 /// The `personnel` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct Config {
     #[serde(flatten)]
     pub service: ServiceConfig,
-    /// AES-256-GCM key of ID numbers and accounts at rest: 32 bytes, base64 (a Kubernetes secret).
-    pub data_key: Option<SecretString>,
-    /// The version stored with each sealed value, so keys can be rotated.
-    pub data_key_version: i32,
-    /// HMAC key of the ID-number blind index.
-    pub index_key: Option<SecretString>,
+    /// The keys of ID numbers and accounts at rest (`data_key`, `data_key_version`, `retired_data_keys`,
+    /// `index_key`).
+    #[serde(flatten)]
+    pub sealing: kit::sealing::SealingConfig,
     /// The population registry (公安库) gRPC address; empty: none, every check warns it could not ask.
     pub population_registry_url: String,
     /// How long a 校验 waits for the registry before warning 公安库暂时无法校验.
@@ -69,9 +62,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             service: ServiceConfig::default(),
-            data_key: None,
-            data_key_version: 1,
-            index_key: None,
+            sealing: kit::sealing::SealingConfig::default(),
             population_registry_url: "http://127.0.0.1:50070".into(),
             population_timeout: Duration::from_millis(300),
             population_recheck: Duration::from_secs(60),
@@ -82,22 +73,11 @@ impl Default for Config {
 /// The service, bound and ready to run.
 pub type App = ServiceApp<PersonnelServer<PersonnelApi>>;
 
-fn key_or_development(key: &Option<SecretString>, name: &str, development: &str) -> SecretString {
-    key.clone().unwrap_or_else(|| {
-        tracing::warn!("personnel.{name} is not set: using the development key (never do this in production)");
-        SecretString::from(development)
-    })
-}
-
 /// Connects, migrates and binds the service, with the population re-check beside it. `serve_admin` is false when
 /// the process serves the admin endpoints itself (`pension all`).
 pub async fn build(config: &Config, platform: &Platform, serve_admin: bool) -> anyhow::Result<App> {
     let runtime = Runtime::start(&DEFAULTS, &config.service.database, &MIGRATOR, platform).await?;
-    let sealer = kit::sealing::Sealer::new(
-        &key_or_development(&config.data_key, "data_key", DEVELOPMENT_DATA_KEY),
-        config.data_key_version,
-        key_or_development(&config.index_key, "index_key", DEVELOPMENT_INDEX_KEY),
-    )?;
+    let sealer = kit::sealing::Sealer::from_config(&config.sealing, "personnel")?;
     let codes = codes::CodeLists::load(&runtime.pool).await?;
     let registry = population::Registry::new(&config.population_registry_url, config.population_timeout)?;
     let people = People { pool: runtime.pool.clone(), sealer, codes, registry };
@@ -203,6 +183,20 @@ impl Personnel for PersonnelApi {
         let request = request.into_inner();
         self.people.delete(&request.caller.unwrap_or_default(), &request.person_id).await?;
         Ok(Response::new(DeletePersonReply {}))
+    }
+
+    async fn rotate_data_key(
+        &self,
+        request: Request<proto::common::RotateDataKeyRequest>,
+    ) -> Result<Response<proto::common::RotateDataKeyReply>, Status> {
+        kit::sealing::rotate_for(
+            &self.people.pool,
+            &self.people.sealer,
+            &[people::PERSONS_SEALED],
+            request.into_inner(),
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn list_codes(&self, _request: Request<ListCodesRequest>) -> Result<Response<ListCodesReply>, Status> {

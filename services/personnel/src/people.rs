@@ -30,6 +30,15 @@ pub struct People {
     pub registry: Registry,
 }
 
+/// The sealed columns of people, for `pension keys rotate`.
+pub const PERSONS_SEALED: kit::sealing::SealedTable = kit::sealing::SealedTable {
+    table: "persons",
+    key: "person_id",
+    key_type: "uuid",
+    version: "key_version",
+    sealed: &["id_number_sealed", "pay_account_sealed"],
+};
+
 /// Warnings nobody needs to accept: the registry's silence is not the operator's doing, and is checked again later.
 const SELF_RESOLVING_WARNINGS: [&str; 1] = ["population_unavailable"];
 
@@ -107,15 +116,6 @@ pub fn unit_of(caller: &Caller, named: &str, write: bool) -> Result<String, Stat
         "unit_operator" if !caller.institution_code.is_empty() => Ok(caller.institution_code.clone()),
         "province_admin" | "system" if !write && !named.is_empty() => Ok(named.to_owned()),
         _ => Err(refuse(Code::PermissionDenied, "forbidden", "只有本单位的经办员可以办理人员登记")),
-    }
-}
-
-pub fn actor(caller: &Caller) -> Actor {
-    Actor {
-        name: if caller.actor.is_empty() { "anonymous".into() } else { caller.actor.clone() },
-        role: if caller.role.is_empty() { "public".into() } else { caller.role.clone() },
-        certificate_serial: Some(caller.certificate_serial.clone()).filter(|serial| !serial.is_empty()),
-        remote_address: Some(caller.remote_address.clone()).filter(|address| !address.is_empty()),
     }
 }
 
@@ -355,7 +355,7 @@ impl People {
         idempotency: Option<&Idempotency>,
     ) -> Result<PersonReply, Status> {
         let unit = unit.to_owned();
-        let actor = actor(caller);
+        let actor = Actor::of(caller);
         // Someone else's person, or no person, is not found before anything is checked.
         if let Some(person_id) = person_id {
             self.read(&unit, person_id, false).await?;
@@ -593,7 +593,7 @@ impl People {
         unmask: bool,
     ) -> Result<Person, Status> {
         let row: Option<PersonRow> = sqlx::query_as(
-            "select person_id, institution_code, kind, name, id_type, id_number_sealed, id_number_masked, sex, \
+            "select person_id, institution_code, kind, name, id_type, id_number_sealed, key_version, id_number_masked, sex, \
              birth_date, funding_form, ethnicity, work_start, joined_unit, personnel_status, establishment, post_rank, \
              wage_base::text, phone, address, retirement_date, retirement_category, monthly_pension::text, \
              pay_start_month, pay_bank, pay_account_masked, population_status, accepted_warnings, created_at, \
@@ -606,7 +606,7 @@ impl People {
         .map_err(kit::db::status)?;
         let row = row.ok_or_else(not_found)?;
         let id_number = if unmask {
-            self.sealer.open(&row.id_number_sealed).map_err(|error| {
+            self.sealer.open(row.key_version, &row.id_number_sealed).map_err(|error| {
                 tracing::error!(%error, "cannot open a sealed ID number");
                 Status::internal("internal error")
             })?
@@ -621,7 +621,7 @@ impl People {
         let unit = unit_of(caller, "", true)?;
         let person_id: uuid::Uuid = person_id.trim().parse().map_err(|_| not_found())?;
         let person = self.read(&unit, person_id, true).await?;
-        let actor = actor(caller);
+        let actor = Actor::of(caller);
         let object = format!("person:{person_id}");
         let record = audit::Record {
             actor: &actor,
@@ -693,7 +693,7 @@ impl People {
 
     pub async fn delete(&self, caller: &Caller, person_id: &str) -> Result<(), Status> {
         let unit = unit_of(caller, "", true)?;
-        let actor = actor(caller);
+        let actor = Actor::of(caller);
         let person_id: uuid::Uuid = person_id.trim().parse().map_err(|_| not_found())?;
         let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::unit(&unit)).await.map_err(kit::db::status)?;
         self.roster_locked(&mut transaction, &unit).await?;
@@ -746,8 +746,8 @@ impl People {
     pub async fn recheck_pending(&self) -> Result<usize, sqlx::Error> {
         // The platform's own work, across every unit.
         let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::All).await?;
-        let rows: Vec<(uuid::Uuid, Vec<u8>, String)> = sqlx::query_as(
-            "select person_id, id_number_sealed, name from persons where population_status = 'pending' \
+        let rows: Vec<(uuid::Uuid, i32, Vec<u8>, String)> = sqlx::query_as(
+            "select person_id, key_version, id_number_sealed, name from persons where population_status = 'pending' \
              order by updated_at limit $1",
         )
         .bind(i64::try_from(crate::population::MAX_BATCH).unwrap_or(1000))
@@ -756,7 +756,9 @@ impl People {
         transaction.commit().await?;
         let people: Vec<(uuid::Uuid, String, String)> = rows
             .into_iter()
-            .filter_map(|(person_id, sealed, name)| Some((person_id, self.sealer.open(&sealed).ok()?, name)))
+            .filter_map(|(person_id, version, sealed, name)| {
+                Some((person_id, self.sealer.open(version, &sealed).ok()?, name))
+            })
             .collect();
         if people.is_empty() {
             return Ok(0);
@@ -813,6 +815,7 @@ struct PersonRow {
     name: String,
     id_type: String,
     id_number_sealed: Vec<u8>,
+    key_version: i32,
     id_number_masked: String,
     sex: String,
     birth_date: Date,

@@ -17,7 +17,6 @@ use proto::units::{
     GetUnitRecordRequest, ListUnitCodesReply, ListUnitCodesRequest, UnitCode, UnitCodeList, UnitRecord,
     UpdateUnitRecordReply, UpdateUnitRecordRequest,
 };
-use secrecy::SecretString;
 use serde::Deserialize;
 use sqlx::migrate::Migrator;
 use tonic::{Request, Response, Status};
@@ -30,21 +29,15 @@ pub const DEFAULTS: ServiceDefaults =
     ServiceDefaults { service: Service::Units, database: "pension_units", grpc_port: 50061, admin_port: 8092 };
 
 /// The `units` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Config {
     #[serde(flatten)]
     pub service: ServiceConfig,
-    /// AES-256-GCM key of the legal representative's ID number at rest: 32 bytes, base64 (a Kubernetes secret).
-    pub data_key: Option<SecretString>,
-    pub data_key_version: i32,
-    pub index_key: Option<SecretString>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self { service: ServiceConfig::default(), data_key: None, data_key_version: 1, index_key: None }
-    }
+    /// The keys of the legal representative's ID number at rest (`data_key`, `data_key_version`,
+    /// `retired_data_keys`, `index_key`).
+    #[serde(flatten)]
+    pub sealing: kit::sealing::SealingConfig,
 }
 
 /// The service, bound and ready to run.
@@ -54,17 +47,7 @@ pub type App = ServiceApp<UnitsServer<UnitsApi>>;
 /// the process serves the admin endpoints itself (`pension all`).
 pub async fn build(config: &Config, platform: &Platform, serve_admin: bool) -> anyhow::Result<App> {
     let runtime = Runtime::start(&DEFAULTS, &config.service.database, &MIGRATOR, platform).await?;
-    let development = |key: &Option<SecretString>, name: &str| {
-        key.clone().unwrap_or_else(|| {
-            tracing::warn!("units.{name} is not set: using the development key (never do this in production)");
-            SecretString::from(format!("development-only-units-{name}"))
-        })
-    };
-    let sealer = kit::sealing::Sealer::new(
-        &development(&config.data_key, "data_key"),
-        config.data_key_version,
-        development(&config.index_key, "index_key"),
-    )?;
+    let sealer = kit::sealing::Sealer::from_config(&config.sealing, "units")?;
     let codes = records::UnitCodes::load(&runtime.pool).await?;
     let api = UnitsApi { runtime: runtime.clone(), codes: Arc::new(codes), sealer };
     let consumer = events::first_login_consumer(&platform.namespace);
@@ -116,6 +99,15 @@ impl Units for UnitsApi {
             records::update(&self.runtime.pool, &self.codes, &self.sealer, &caller, request.record.unwrap_or_default())
                 .await?;
         Ok(Response::new(UpdateUnitRecordReply { record: Some(record), warnings }))
+    }
+
+    async fn rotate_data_key(
+        &self,
+        request: Request<proto::common::RotateDataKeyRequest>,
+    ) -> Result<Response<proto::common::RotateDataKeyReply>, Status> {
+        kit::sealing::rotate_for(&self.runtime.pool, &self.sealer, &[records::UNITS_SEALED], request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_unit_codes(

@@ -25,6 +25,15 @@ pub fn state_label(state: &str) -> &'static str {
     }
 }
 
+/// The sealed column of unit records, for `pension keys rotate`.
+pub const UNITS_SEALED: kit::sealing::SealedTable = kit::sealing::SealedTable {
+    table: "units",
+    key: "institution_code",
+    key_type: "text",
+    version: "key_version",
+    sealed: &["legal_representative_id_sealed"],
+};
+
 /// The unit record's code lists (单位类型, 隶属关系, 经费来源), read at start-up.
 #[derive(Debug, Clone, Default)]
 pub struct UnitCodes {
@@ -352,12 +361,7 @@ pub async fn update(
     if caller.role != "unit_operator" || caller.institution_code.is_empty() {
         return Err(refuse(Code::PermissionDenied, "forbidden", "只有本单位的经办员可以维护单位信息"));
     }
-    let actor = Actor {
-        name: caller.actor.clone(),
-        role: caller.role.clone(),
-        certificate_serial: Some(caller.certificate_serial.clone()).filter(|serial| !serial.is_empty()),
-        remote_address: Some(caller.remote_address.clone()).filter(|address| !address.is_empty()),
-    };
+    let actor = Actor::of(caller);
     let mut transaction =
         kit::db::begin_scoped(pool, &Scope::unit(&caller.institution_code)).await.map_err(kit::db::status)?;
     let current: Option<(String, String)> =

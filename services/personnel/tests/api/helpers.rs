@@ -34,6 +34,12 @@ impl TestPersonnel {
     /// Kills the running instance and starts a new one on the same database and namespace: what a crash and a
     /// restart leave.
     pub async fn restart(&mut self) {
+        self.restart_with(|_| {}).await;
+    }
+
+    /// Restarts with changed settings, as a rolling deployment of new configuration does.
+    pub async fn restart_with(&mut self, change: impl FnOnce(&mut personnel::Config)) {
+        change(&mut self.config);
         self.instance.cancel();
         self.instance = CancellationToken::new();
         let app = personnel::build(&self.config, &self.platform, false).await.expect("personnel builds again");
@@ -103,6 +109,18 @@ pub async fn spawn_personnel_with(registry_url: Option<String>) -> TestPersonnel
 
 pub async fn spawn_personnel() -> TestPersonnel {
     spawn_personnel_with(None).await
+}
+
+/// Personnel sealing with `data_key` as version `version`.
+pub async fn spawn_personnel_sealing(data_key: &str, version: i32) -> TestPersonnel {
+    let mut personnel = spawn_personnel_with(None).await;
+    personnel
+        .restart_with(|config| {
+            config.sealing.data_key = Some(data_key.to_owned().into());
+            config.sealing.data_key_version = version;
+        })
+        .await;
+    personnel
 }
 
 /// The operator of unit `institution_code`.

@@ -5,3 +5,4 @@ mod helpers;
 mod idempotency;
 mod isolation;
 mod people;
+mod rotation;

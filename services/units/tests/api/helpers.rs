@@ -15,6 +15,8 @@ use sqlx::PgPool;
 pub struct TestUnits {
     pub client: UnitsClient<NatsChannel>,
     pub pool: PgPool,
+    platform: Platform,
+    config: units::Config,
     shutdown: CancellationToken,
     _database: TestDatabase,
 }
@@ -23,6 +25,14 @@ impl Drop for TestUnits {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+async fn wait_until_answering(client: &UnitsClient<NatsChannel>) {
+    kit::testing::eventually(Duration::from_secs(10), "units answers", || {
+        let mut client = client.clone();
+        async move { client.get_status(proto::common::GetStatusRequest {}).await.is_ok() }
+    })
+    .await;
 }
 
 pub async fn spawn_units() -> TestUnits {
@@ -43,15 +53,21 @@ pub async fn spawn_units() -> TestUnits {
     tokio::spawn(app.run(shutdown.clone()));
     let pool = kit::db::connect(&database.config(), "unused").await.expect("pool");
     let client = UnitsClient::new(platform.channel(Service::Units));
-    kit::testing::eventually(Duration::from_secs(10), "units answers", || {
-        let mut client = client.clone();
-        async move { client.get_status(proto::common::GetStatusRequest {}).await.is_ok() }
-    })
-    .await;
-    TestUnits { client, pool, shutdown, _database: database }
+    wait_until_answering(&client).await;
+    TestUnits { client, pool, platform, config, shutdown, _database: database }
 }
 
 impl TestUnits {
+    /// Stops the service and starts it again with changed settings on the same database.
+    pub async fn restart_with(&mut self, change: impl FnOnce(&mut units::Config)) {
+        change(&mut self.config);
+        self.shutdown.cancel();
+        self.shutdown = CancellationToken::new();
+        let app = units::build(&self.config, &self.platform, false).await.expect("units builds again");
+        tokio::spawn(app.run(self.shutdown.clone()));
+        wait_until_answering(&self.client).await;
+    }
+
     /// A unit's draft record, as the first login of its operator leaves it.
     pub async fn draft(&self, institution_code: &str, agency_code: &str) {
         sqlx::query(

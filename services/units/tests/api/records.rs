@@ -169,3 +169,50 @@ async fn a_declared_record_is_frozen() {
     );
     assert!(refused.message().contains("申报撤回"), "{}", refused.message());
 }
+
+#[tokio::test]
+async fn a_key_rotation_seals_the_legal_representatives_number_again_under_the_new_key() {
+    let mut units = spawn_units().await;
+    units.draft(UNIT, "230500").await;
+    units.draft(OTHER_UNIT, "230500").await;
+    save(&units, operator(UNIT), complete()).await.expect("saved");
+    // The other unit gives no number: nothing to seal there.
+    save(&units, operator(OTHER_UNIT), UnitRecordInput { legal_representative_id_number: String::new(), ..complete() })
+        .await
+        .expect("saved");
+    let first_key = "development-only-units-data-key".to_owned();
+    units
+        .restart_with(|config| {
+            config.sealing.data_key = Some("the-second-units-key".to_owned().into());
+            config.sealing.data_key_version = 2;
+            config.sealing.retired_data_keys.insert("1".into(), first_key.into());
+        })
+        .await;
+    let system = Some(proto::common::Caller { actor: "cli:test".into(), role: "system".into(), ..Default::default() });
+
+    let rotated = units
+        .client
+        .clone()
+        .rotate_data_key(proto::common::RotateDataKeyRequest { caller: system })
+        .await
+        .expect("rotated")
+        .into_inner();
+
+    assert_eq!((rotated.version, rotated.resealed, rotated.remaining), (2, 1, 0));
+    let versions: Vec<(String, Option<i32>)> =
+        sqlx::query_as("select institution_code, key_version from units order by institution_code")
+            .fetch_all(&units.pool)
+            .await
+            .expect("rows");
+    assert_eq!(versions[0], (UNIT.to_owned(), Some(2)));
+    let sealed: Vec<u8> =
+        sqlx::query_scalar("select legal_representative_id_sealed from units where institution_code = $1")
+            .bind(UNIT)
+            .fetch_one(&units.pool)
+            .await
+            .expect("sealed");
+    let current_only =
+        kit::sealing::Sealer::new(&"the-second-units-key".to_owned().into(), 2, "index".to_owned().into())
+            .expect("sealer");
+    assert_eq!(current_only.open(2, &sealed).expect("opens with the new key alone"), "11010519491231002X");
+}
