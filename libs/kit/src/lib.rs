@@ -1,10 +1,11 @@
 //! How a service of the platform runs: configuration, telemetry, trace context, shutdown, the admin HTTP endpoints,
 //! the gRPC server, PostgreSQL, Redis, NATS, the NATS RPC transport, the transactional outbox, idempotent
-//! consumers, and sealing of personal numbers at rest.
+//! consumers, sealing of personal numbers at rest, and idempotent creates.
 //!
 //! **Architecture Invariant:** kit knows nothing of the domain. From `proto` it uses only the names
 //! (`proto::names`) and the platform-level messages (`pension.common.v1`, `ServiceStarted`); it never touches a
-//! service's tables or domain messages.
+//! service's domain messages, and a service's table only where the service names it (sealed columns to rotate,
+//! the table of idempotency keys).
 
 pub mod admin;
 pub mod audit;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod consumer;
 pub mod db;
 pub mod grpc;
+pub mod idempotency;
 pub mod nats;
 pub mod outbox;
 pub mod process;

@@ -145,7 +145,8 @@ impl Personnel for PersonnelApi {
         let request = request.into_inner();
         let caller = request.caller.unwrap_or_default();
         let person = request.person.unwrap_or_default();
-        let idempotency = people::Idempotency::of(&request.idempotency_key, &person)?;
+        let unit = people::unit_of(&caller, "", true)?;
+        let idempotency = kit::idempotency::Idempotency::of(&unit, &request.idempotency_key, &person)?;
         let (input, accepted) = people::input_of(person);
         self.people.save(&caller, None, input, accepted, idempotency.as_ref()).await.map(Response::new)
     }

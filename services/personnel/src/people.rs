@@ -17,9 +17,19 @@ use crate::check::{self, Checked, Deemed, DeemedInput, Finding, Input, Values, k
 use crate::codes::CodeLists;
 use crate::population::{Answer, Registry};
 use kit::db::Scope;
+use kit::idempotency::{Claim, Idempotency, Keys};
 use kit::sealing::Sealer;
-use prost::Message as _;
-use sha2::Digest as _;
+
+/// The columns of a [`PersonRow`].
+macro_rules! person_columns {
+    () => {
+        "person_id, institution_code, kind, name, id_type, id_number_sealed, key_version, id_number_masked, sex, \
+         birth_date, funding_form, ethnicity, work_start, joined_unit, personnel_status, establishment, post_rank, \
+         wage_base::text, phone, address, retirement_date, retirement_category, monthly_pension::text, \
+         pay_start_month, pay_bank, pay_account_masked, population_status, accepted_warnings, created_at, \
+         updated_at, deemed_periods"
+    };
+}
 
 /// What the people operations need.
 #[derive(Debug, Clone)]
@@ -119,73 +129,8 @@ pub fn unit_of(caller: &Caller, named: &str, write: bool) -> Result<String, Stat
     }
 }
 
-/// A create's Idempotency-Key and the digest of what it asked.
-#[derive(Debug, Clone)]
-pub struct Idempotency {
-    pub key: String,
-    pub request_digest: Vec<u8>,
-}
-
-impl Idempotency {
-    /// `None` without a key; a key that is empty after trimming counts as none.
-    pub fn of(key: &str, request: &PersonInput) -> Result<Option<Self>, Status> {
-        let key = key.trim();
-        if key.is_empty() {
-            return Ok(None);
-        }
-        if key.len() > 100 || !key.bytes().all(|byte| byte.is_ascii_graphic()) {
-            return Err(invalid(vec![Violation::new(
-                "idempotency_key",
-                "invalid_idempotency_key",
-                "Idempotency-Key 应为1至100个可见ASCII字符",
-            )]));
-        }
-        let request_digest = sha2::Sha256::digest(request.encode_to_vec()).to_vec();
-        Ok(Some(Self { key: key.to_owned(), request_digest }))
-    }
-}
-
-/// Why a key could not be claimed.
-enum ClaimError {
-    /// Another call with the key committed: its answer stands.
-    Taken,
-    /// Another call with the key is still being saved after the wait.
-    Waited,
-    Database(sqlx::Error),
-}
-
-/// How long a retry waits for a first call with the same key that is still being saved.
-const IN_FLIGHT_WAIT: &str = "10s";
-
-async fn claim_key(connection: &mut PgConnection, unit: &str, idempotency: &Idempotency) -> Result<(), ClaimError> {
-    sqlx::query("select set_config('lock_timeout', $1, true)")
-        .bind(IN_FLIGHT_WAIT)
-        .execute(&mut *connection)
-        .await
-        .map_err(ClaimError::Database)?;
-    let claimed = sqlx::query(
-        "insert into idempotency_keys (institution_code, key, request_digest, response) values ($1, $2, $3, '')",
-    )
-    .bind(unit)
-    .bind(&idempotency.key)
-    .bind(&idempotency.request_digest)
-    .execute(&mut *connection)
-    .await;
-    match claimed {
-        Ok(_) => sqlx::query("select set_config('lock_timeout', '0', true)")
-            .execute(connection)
-            .await
-            .map(|_| ())
-            .map_err(ClaimError::Database),
-        Err(error) if kit::db::violates(&error, "idempotency_keys_pkey") => Err(ClaimError::Taken),
-        Err(sqlx::Error::Database(database)) if database.code().as_deref() == Some("55P03") => Err(ClaimError::Waited),
-        Err(error) => Err(ClaimError::Database(error)),
-    }
-}
-
-fn in_flight() -> Status {
-    refuse(Code::Aborted, "idempotency_in_flight", "相同 Idempotency-Key 的提交仍在处理中，请稍后重试")
-}
+/// The Idempotency-Keys of creates, by unit (`migrations/personnel/0004`).
+pub const IDEMPOTENCY_KEYS: Keys = Keys { table: "idempotency_keys", owner_column: "institution_code" };
 
 /// Why a row was not written.
 enum WriteError {
@@ -403,14 +348,9 @@ impl People {
         let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::unit(&unit)).await.map_err(kit::db::status)?;
         if let Some(idempotency) = idempotency {
             // Claimed first, so a retry of a call still in flight waits here for it rather than racing it.
-            match claim_key(&mut transaction, &unit, idempotency).await {
-                Ok(()) => {}
-                Err(ClaimError::Taken) => {
-                    drop(transaction);
-                    return self.first_answer(&unit, idempotency).await?.ok_or_else(in_flight);
-                }
-                Err(ClaimError::Waited) => return Err(in_flight()),
-                Err(ClaimError::Database(error)) => return Err(kit::db::status(error)),
+            if IDEMPOTENCY_KEYS.claim(&mut transaction, idempotency).await? == Claim::Taken {
+                drop(transaction);
+                return self.first_answer(&unit, idempotency).await?.ok_or_else(kit::idempotency::in_flight);
             }
         }
         self.roster_locked(&mut transaction, &unit).await?;
@@ -455,13 +395,7 @@ impl People {
         let person = self.read_on(&mut transaction, &unit, person_id, false).await?;
         let reply = PersonReply { person: Some(person), check: Some(reply_of(&checked)) };
         if let Some(idempotency) = idempotency {
-            sqlx::query("update idempotency_keys set response = $3 where institution_code = $1 and key = $2")
-                .bind(&unit)
-                .bind(&idempotency.key)
-                .bind(reply.encode_to_vec())
-                .execute(&mut *transaction)
-                .await
-                .map_err(kit::db::status)?;
+            IDEMPOTENCY_KEYS.record(&mut transaction, idempotency, &reply).await?;
         }
         transaction.commit().await.map_err(kit::db::status)?;
         Ok(reply)
@@ -471,27 +405,9 @@ impl People {
     /// refused.
     async fn first_answer(&self, unit: &str, idempotency: &Idempotency) -> Result<Option<PersonReply>, Status> {
         let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::unit(unit)).await.map_err(kit::db::status)?;
-        let stored: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
-            "select request_digest, response from idempotency_keys where institution_code = $1 and key = $2",
-        )
-        .bind(unit)
-        .bind(&idempotency.key)
-        .fetch_optional(&mut *transaction)
-        .await
-        .map_err(kit::db::status)?;
+        let first = IDEMPOTENCY_KEYS.first_answer(&mut transaction, idempotency).await?;
         transaction.commit().await.map_err(kit::db::status)?;
-        let Some((digest, response)) = stored else { return Ok(None) };
-        if digest != idempotency.request_digest {
-            return Err(invalid(vec![Violation::new(
-                "idempotency_key",
-                "idempotency_key_reused",
-                "此 Idempotency-Key 已用于另一次不同内容的提交；新的提交请使用新的键",
-            )]));
-        }
-        PersonReply::decode(response.as_slice()).map(Some).map_err(|error| {
-            tracing::error!(%error, "a stored idempotent answer does not decode");
-            Status::internal("internal error")
-        })
+        Ok(first)
     }
 
     /// Inserts or updates one row (the caller has made sure an updated row is the unit's).
@@ -592,19 +508,20 @@ impl People {
         person_id: uuid::Uuid,
         unmask: bool,
     ) -> Result<Person, Status> {
-        let row: Option<PersonRow> = sqlx::query_as(
-            "select person_id, institution_code, kind, name, id_type, id_number_sealed, key_version, id_number_masked, sex, \
-             birth_date, funding_form, ethnicity, work_start, joined_unit, personnel_status, establishment, post_rank, \
-             wage_base::text, phone, address, retirement_date, retirement_category, monthly_pension::text, \
-             pay_start_month, pay_bank, pay_account_masked, population_status, accepted_warnings, created_at, \
-             updated_at, deemed_periods from persons where person_id = $1 and institution_code = $2",
-        )
+        let row: Option<PersonRow> = sqlx::query_as(concat!(
+            "select ",
+            person_columns!(),
+            " from persons where person_id = $1 and institution_code = $2"
+        ))
         .bind(person_id)
         .bind(unit)
         .fetch_optional(connection)
         .await
         .map_err(kit::db::status)?;
-        let row = row.ok_or_else(not_found)?;
+        self.person_of(row.ok_or_else(not_found)?, unmask)
+    }
+
+    fn person_of(&self, row: PersonRow, unmask: bool) -> Result<Person, Status> {
         let id_number = if unmask {
             self.sealer.open(row.key_version, &row.id_number_sealed).map_err(|error| {
                 tracing::error!(%error, "cannot open a sealed ID number");
@@ -734,10 +651,7 @@ impl People {
     /// Forgets idempotency keys older than a day; returns how many.
     pub async fn prune_idempotency_keys(&self) -> Result<u64, sqlx::Error> {
         let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::All).await?;
-        let pruned = sqlx::query("delete from idempotency_keys where created_at < now() - interval '1 day'")
-            .execute(&mut *transaction)
-            .await?
-            .rows_affected();
+        let pruned = IDEMPOTENCY_KEYS.prune(&mut transaction).await?;
         transaction.commit().await?;
         Ok(pruned)
     }
@@ -806,6 +720,7 @@ struct SummaryRow {
     population_status: String,
     updated_at: OffsetDateTime,
 }
+
 
 #[derive(sqlx::FromRow)]
 struct PersonRow {

@@ -49,6 +49,10 @@ pub async fn build(config: &Config, platform: &Platform, serve_admin: bool) -> a
     let runtime = Runtime::start(&DEFAULTS, &config.service.database, &MIGRATOR, platform).await?;
     let sealer = kit::sealing::Sealer::from_config(&config.sealing, "units")?;
     let codes = records::UnitCodes::load(&runtime.pool).await?;
+    let sealed = records::seal_clear_accounts(&runtime.pool, &sealer).await?;
+    if sealed > 0 {
+        tracing::info!(sealed, "bank accounts stored in clear by an earlier version are sealed now");
+    }
     let api = UnitsApi { runtime: runtime.clone(), codes: Arc::new(codes), sealer };
     let consumer = events::first_login_consumer(&platform.namespace);
     let (pool, jetstream) = (runtime.pool.clone(), runtime.jetstream.clone());
@@ -86,7 +90,7 @@ impl Units for UnitsApi {
     async fn get_unit_record(&self, request: Request<GetUnitRecordRequest>) -> Result<Response<UnitRecord>, Status> {
         let request = request.into_inner();
         let caller = request.caller.unwrap_or_default();
-        records::get(&self.runtime.pool, &caller, &request.institution_code).await.map(Response::new)
+        records::get(&self.runtime.pool, &self.sealer, &caller, &request.institution_code).await.map(Response::new)
     }
 
     async fn update_unit_record(

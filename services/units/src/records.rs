@@ -31,7 +31,7 @@ pub const UNITS_SEALED: kit::sealing::SealedTable = kit::sealing::SealedTable {
     key: "institution_code",
     key_type: "text",
     version: "key_version",
-    sealed: &["legal_representative_id_sealed"],
+    sealed: &["legal_representative_id_sealed", "bank_account_sealed"],
 };
 
 /// The unit record's code lists (单位类型, 隶属关系, 经费来源), read at start-up.
@@ -87,7 +87,8 @@ struct UnitRow {
     clerk_phone: Option<String>,
     bank_name: Option<String>,
     bank_account_name: Option<String>,
-    bank_account: Option<String>,
+    bank_account_sealed: Option<Vec<u8>>,
+    key_version: Option<i32>,
     administrative_posts: Option<i32>,
     institutional_posts: Option<i32>,
     logistics_posts: Option<i32>,
@@ -100,7 +101,14 @@ fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
 }
 
 impl UnitRow {
-    fn into_record(self) -> UnitRecord {
+    fn into_record(self, sealer: &Sealer) -> Result<UnitRecord, Status> {
+        let bank_account = match (&self.bank_account_sealed, self.key_version) {
+            (Some(sealed), Some(version)) => Some(sealer.open(version, sealed).map_err(|error| {
+                tracing::error!(%error, "cannot open a unit's sealed bank account");
+                Status::internal("internal error")
+            })?),
+            _ => None,
+        };
         let complete = [
             &self.unit_type_code,
             &self.subordination,
@@ -114,7 +122,7 @@ impl UnitRow {
             &self.clerk_phone,
             &self.bank_name,
             &self.bank_account_name,
-            &self.bank_account,
+            &bank_account,
         ]
         .iter()
         .all(|field| field.as_deref().is_some_and(|value| !value.is_empty()));
@@ -124,7 +132,7 @@ impl UnitRow {
             .as_array()
             .map(|warnings| warnings.iter().filter_map(|warning| warning["code"].as_str().map(str::to_owned)).collect())
             .unwrap_or_default();
-        UnitRecord {
+        Ok(UnitRecord {
             state_label: state_label(&self.state).to_owned(),
             institution_code: self.institution_code,
             unit_name: self.unit_name,
@@ -149,15 +157,76 @@ impl UnitRow {
             clerk_phone: self.clerk_phone.unwrap_or_default(),
             bank_name: self.bank_name.unwrap_or_default(),
             bank_account_name: self.bank_account_name.unwrap_or_default(),
-            bank_account: self.bank_account.unwrap_or_default(),
+            bank_account: bank_account.unwrap_or_default(),
             administrative_posts: posts(self.administrative_posts),
             institutional_posts: posts(self.institutional_posts),
             logistics_posts: posts(self.logistics_posts),
             complete,
             accepted_warnings,
             updated_at: self.updated_at.map(timestamp),
-        }
+        })
     }
+}
+
+#[derive(sqlx::FromRow)]
+struct ClearAccountRow {
+    institution_code: String,
+    bank_account: String,
+    legal_representative_id_sealed: Option<Vec<u8>>,
+    key_version: Option<i32>,
+}
+
+/// A record as a save finds it, locked.
+#[derive(sqlx::FromRow)]
+struct LockedRecord {
+    state: String,
+    credit_code: String,
+    legal_representative_id_sealed: Option<Vec<u8>>,
+    key_version: Option<i32>,
+}
+
+/// Seals the bank accounts an earlier version stored in clear, with the row's other sealed value moved to the
+/// current key, and empties the clear column; returns how many. Run at start-up: idempotent, and cheap once done.
+pub async fn seal_clear_accounts(pool: &PgPool, sealer: &Sealer) -> Result<u64, sqlx::Error> {
+    let mut transaction = kit::db::begin_scoped(pool, &Scope::All).await?;
+    let rows: Vec<ClearAccountRow> = sqlx::query_as(
+        "select institution_code, bank_account, legal_representative_id_sealed, key_version from units \
+         where bank_account is not null for update",
+    )
+    .fetch_all(&mut *transaction)
+    .await?;
+    let mut sealed = 0;
+    for ClearAccountRow {
+        institution_code,
+        bank_account: account,
+        legal_representative_id_sealed: legal_id,
+        key_version: version,
+    } in rows
+    {
+        let legal_id = match (legal_id, version) {
+            (Some(legal_id), Some(version)) => match sealer.reseal(version, &legal_id) {
+                Ok(resealed) => Some(resealed),
+                Err(error) => {
+                    tracing::error!(%error, %institution_code, "cannot open a legal representative's number: left as it is");
+                    continue;
+                }
+            },
+            _ => None,
+        };
+        sqlx::query(
+            "update units set bank_account_sealed = $2, bank_account = null, legal_representative_id_sealed = $3, \
+             key_version = $4 where institution_code = $1",
+        )
+        .bind(&institution_code)
+        .bind(sealer.seal(&account))
+        .bind(legal_id)
+        .bind(sealer.version())
+        .execute(&mut *transaction)
+        .await?;
+        sealed += 1;
+    }
+    transaction.commit().await?;
+    Ok(sealed)
 }
 
 /// What the caller's transactions may see under row-level security: an operator its unit, a reviewer its agency's
@@ -173,7 +242,12 @@ pub fn scope_of(caller: &Caller) -> Scope {
 
 /// The unit a caller asks for, refused alike whether it is someone else's or does not exist, so codes cannot be
 /// probed.
-pub async fn get(pool: &PgPool, caller: &Caller, institution_code: &str) -> Result<UnitRecord, Status> {
+pub async fn get(
+    pool: &PgPool,
+    sealer: &Sealer,
+    caller: &Caller,
+    institution_code: &str,
+) -> Result<UnitRecord, Status> {
     let code = match caller.role.as_str() {
         "unit_operator" if institution_code.is_empty() || institution_code == caller.institution_code => {
             caller.institution_code.as_str()
@@ -192,7 +266,7 @@ pub async fn get(pool: &PgPool, caller: &Caller, institution_code: &str) -> Resu
     let Some(row) = row else {
         return Err(refuse(Code::NotFound, "unit_not_found", "没有找到该单位的参保信息"));
     };
-    Ok(row.into_record())
+    row.into_record(sealer)
 }
 
 /// The checked values of a record.
@@ -364,13 +438,21 @@ pub async fn update(
     let actor = Actor::of(caller);
     let mut transaction =
         kit::db::begin_scoped(pool, &Scope::unit(&caller.institution_code)).await.map_err(kit::db::status)?;
-    let current: Option<(String, String)> =
-        sqlx::query_as("select state, credit_code from units where institution_code = $1 for update")
-            .bind(&caller.institution_code)
-            .fetch_optional(&mut *transaction)
-            .await
-            .map_err(kit::db::status)?;
-    let Some((state, credit_code)) = current else {
+    let current: Option<LockedRecord> = sqlx::query_as(
+        "select state, credit_code, legal_representative_id_sealed, key_version from units \
+         where institution_code = $1 for update",
+    )
+    .bind(&caller.institution_code)
+    .fetch_optional(&mut *transaction)
+    .await
+    .map_err(kit::db::status)?;
+    let Some(LockedRecord {
+        state,
+        credit_code,
+        legal_representative_id_sealed: stored_legal_id,
+        key_version: stored_version,
+    }) = current
+    else {
         return Err(refuse(Code::NotFound, "unit_not_found", "单位的参保信息尚未建立，请重新登录后再试"));
     };
     if state != "draft" {
@@ -398,13 +480,24 @@ pub async fn update(
         .map(|warning| serde_json::json!({ "code": warning.code, "accepted_by": actor.name, "accepted_at": now }))
         .collect();
     let value = |field: &str| checked.values.get(field).cloned().flatten();
+    // Every sealed value of the row is under the row's one key version: a number kept from before (the form sends
+    // it empty unless typed again) is sealed again under the current key with the account.
+    let legal_id_sealed = match (&checked.legal_id, stored_legal_id, stored_version) {
+        (Some(id), _, _) => Some(sealer.seal(id.as_str())),
+        (None, Some(sealed), Some(version)) => Some(sealer.reseal(version, &sealed).map_err(|error| {
+            tracing::error!(%error, "cannot open a unit's sealed legal representative number");
+            Status::internal("internal error")
+        })?),
+        (None, _, _) => None,
+    };
     sqlx::query(
         "update units set unit_type_code = $2, org_code = $3, subordination = $4, funding_source = $5, \
          legal_representative = $6, \
-         legal_representative_id_sealed = coalesce($7, legal_representative_id_sealed), \
+         legal_representative_id_sealed = $7, \
          legal_representative_id_masked = coalesce($8, legal_representative_id_masked), \
-         key_version = case when $7 is null then key_version else $9 end, address = $10, post_code = $11, contact_name = $12, contact_phone = $13, email = $14, \
-         clerk_name = $15, clerk_phone = $16, bank_name = $17, bank_account_name = $18, bank_account = $19, \
+         key_version = $9, address = $10, post_code = $11, contact_name = $12, contact_phone = $13, email = $14, \
+         clerk_name = $15, clerk_phone = $16, bank_name = $17, bank_account_name = $18, bank_account = null, \
+         bank_account_sealed = $19, \
          administrative_posts = $20, institutional_posts = $21, logistics_posts = $22, accepted_warnings = $23, \
          updated_at = now(), updated_by = $24, region_code = coalesce($25, region_code) where institution_code = $1",
     )
@@ -414,8 +507,7 @@ pub async fn update(
     .bind(value("subordination"))
     .bind(value("funding_source"))
     .bind(value("legal_representative"))
-    // The form shows the number masked and sends it empty unless it is typed again: empty keeps what is stored.
-    .bind(checked.legal_id.as_ref().map(|id| sealer.seal(id.as_str())))
+    .bind(legal_id_sealed)
     .bind(checked.legal_id.as_ref().map(validators::IdNumber::masked))
     .bind(sealer.version())
     .bind(value("address"))
@@ -427,7 +519,7 @@ pub async fn update(
     .bind(value("clerk_phone"))
     .bind(value("bank_name"))
     .bind(value("bank_account_name"))
-    .bind(value("bank_account"))
+    .bind(value("bank_account").map(|account| sealer.seal(&account)))
     .bind(checked.posts[0])
     .bind(checked.posts[1])
     .bind(checked.posts[2])
@@ -452,7 +544,7 @@ pub async fn update(
         .into_iter()
         .map(|warning| UnitFinding { field: warning.field, code: warning.code, message: warning.message })
         .collect();
-    Ok((get(pool, caller, "").await?, warnings))
+    Ok((get(pool, sealer, caller, "").await?, warnings))
 }
 
 #[cfg(test)]

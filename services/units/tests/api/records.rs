@@ -59,6 +59,13 @@ async fn the_operator_saves_its_record_and_the_legal_representatives_number_is_s
         .await
         .expect("row");
     assert!(!String::from_utf8_lossy(&sealed).contains("11010519491231002X"), "sealed at rest");
+    let (clear, account): (Option<String>, Option<Vec<u8>>) =
+        sqlx::query_as("select bank_account, bank_account_sealed from units")
+            .fetch_one(&units.pool)
+            .await
+            .expect("row");
+    assert!(clear.is_none() && account.is_some_and(|sealed| !String::from_utf8_lossy(&sealed).contains("0907021009")));
+    assert_eq!(saved.bank_account, "0907021009000012345", "the unit's own operator reads its account");
 
     // The form shows the number masked and sends it empty: the stored one stays.
     let again =
@@ -176,7 +183,7 @@ async fn a_key_rotation_seals_the_legal_representatives_number_again_under_the_n
     units.draft(UNIT, "230500").await;
     units.draft(OTHER_UNIT, "230500").await;
     save(&units, operator(UNIT), complete()).await.expect("saved");
-    // The other unit gives no number: nothing to seal there.
+    // The other unit gives no number: only its account to seal there.
     save(&units, operator(OTHER_UNIT), UnitRecordInput { legal_representative_id_number: String::new(), ..complete() })
         .await
         .expect("saved");
@@ -198,7 +205,7 @@ async fn a_key_rotation_seals_the_legal_representatives_number_again_under_the_n
         .expect("rotated")
         .into_inner();
 
-    assert_eq!((rotated.version, rotated.resealed, rotated.remaining), (2, 1, 0));
+    assert_eq!((rotated.version, rotated.resealed, rotated.remaining), (2, 2, 0), "two rows sealed again");
     let versions: Vec<(String, Option<i32>)> =
         sqlx::query_as("select institution_code, key_version from units order by institution_code")
             .fetch_all(&units.pool)
@@ -215,4 +222,28 @@ async fn a_key_rotation_seals_the_legal_representatives_number_again_under_the_n
         kit::sealing::Sealer::new(&"the-second-units-key".to_owned().into(), 2, "index".to_owned().into())
             .expect("sealer");
     assert_eq!(current_only.open(2, &sealed).expect("opens with the new key alone"), "11010519491231002X");
+}
+
+#[tokio::test]
+async fn an_account_stored_in_clear_by_an_earlier_version_is_sealed_at_start_up() {
+    let mut units = spawn_units().await;
+    units.draft(UNIT, "230500").await;
+    sqlx::query("update units set bank_account = '0907021009000012345'").execute(&units.pool).await.expect("legacy");
+
+    units.restart_with(|_| {}).await;
+
+    let (clear, sealed): (Option<String>, Option<Vec<u8>>) =
+        sqlx::query_as("select bank_account, bank_account_sealed from units")
+            .fetch_one(&units.pool)
+            .await
+            .expect("row");
+    assert!(clear.is_none() && sealed.is_some());
+    let record = units
+        .client
+        .clone()
+        .get_unit_record(GetUnitRecordRequest { caller: operator(UNIT), institution_code: String::new() })
+        .await
+        .expect("record")
+        .into_inner();
+    assert_eq!(record.bank_account, "0907021009000012345");
 }
