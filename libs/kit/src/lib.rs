@@ -12,6 +12,7 @@ pub mod audit;
 pub mod config;
 pub mod consumer;
 pub mod db;
+pub mod faults;
 pub mod grpc;
 pub mod idempotency;
 pub mod nats;

@@ -3,7 +3,7 @@
 
 use kit::consumer::{ConsumerSpec, Event, Handler, HandlerError};
 use prost::Message as _;
-use proto::events::UnitFirstLogin;
+use proto::events::{DeclarationChanged, UnitFirstLogin};
 use proto::names::Namespace;
 use sqlx::PgConnection;
 
@@ -39,5 +39,43 @@ impl Handler for UnitAgency {
         .execute(&mut *transaction)
         .await?;
         Ok(())
+    }
+}
+
+/// The durable consumer of units' declaration events: a withdrawn or rejected declaration releases the roster.
+pub fn declaration_consumer(namespace: &Namespace) -> ConsumerSpec {
+    ConsumerSpec::new(
+        namespace.events_stream("units"),
+        namespace.events_filter("units"),
+        namespace.consumer("personnel", "declarations"),
+        namespace.event_subject("units", "declaration.*"),
+    )
+}
+
+/// Releases the roster of a declaration that was withdrawn or rejected. Units also asks for it directly after its
+/// commit; this is what makes it certain when that call was lost.
+#[derive(Debug)]
+pub struct ReleaseOnEnd {
+    pub people: crate::people::People,
+}
+
+impl Handler for ReleaseOnEnd {
+    async fn handle(&self, _transaction: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
+        let changed = DeclarationChanged::decode(event.payload.as_ref())
+            .map_err(|error| HandlerError::Poison(format!("not a DeclarationChanged: {error}")))?;
+        if !matches!(changed.state.as_str(), "withdrawn" | "rejected") {
+            return Ok(());
+        }
+        let declaration_id = changed
+            .declaration_id
+            .parse()
+            .map_err(|_| HandlerError::Poison(format!("declaration id {:?}", changed.declaration_id)))?;
+        let actor = kit::audit::Actor { name: "system".into(), role: "system".into(), ..Default::default() };
+        // Releasing is idempotent by itself, so it runs in its own transaction.
+        self.people
+            .release_on(&actor, &changed.institution_code, declaration_id)
+            .await
+            .map(|_| ())
+            .map_err(|status| HandlerError::Retry(status.message().to_owned()))
     }
 }

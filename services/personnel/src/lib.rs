@@ -3,15 +3,16 @@
 //!
 //! Modules in reading order: this file (configuration, start-up, the gRPC face), `check` (every rule of a person, a
 //! pure function), `codes` (the code lists), `people` (校验, 保存, 待办业务 and their storage), `population` (the
-//! population registry client and the development registry), `events` (which agency handles each unit, from
-//! identity's events). ID numbers and accounts are sealed with
-//! `kit::sealing`.
+//! population registry client and the development registry), `roster` (the declared rosters: freezing, releasing,
+//! snapshots), `events` (which agency handles each unit, from identity's events; releasing rosters on units'
+//! declaration events). ID numbers and accounts are sealed with `kit::sealing`.
 
 pub mod check;
 mod codes;
 mod events;
 mod people;
 pub mod population;
+mod roster;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,9 @@ use proto::personnel::{
     CheckPersonRequest, CheckReply, Code, CodeList, CreatePersonRequest, DeletePersonReply, DeletePersonRequest,
     GetPersonRequest, ListCodesReply, ListCodesRequest, ListPersonsReply, ListPersonsRequest, Person, PersonReply,
     UpdatePersonRequest,
+};
+use proto::personnel::{
+    FreezeRosterRequest, GetRosterSnapshotRequest, ReleaseRosterReply, ReleaseRosterRequest, RosterSnapshot,
 };
 use serde::Deserialize;
 use sqlx::migrate::Migrator;
@@ -56,6 +60,9 @@ pub struct Config {
     /// How often people the registry did not answer for are asked about again.
     #[serde(with = "kit::config::millis")]
     pub population_recheck: Duration,
+    /// Crash points, armed by tests only; configuration cannot reach them.
+    #[serde(skip)]
+    pub faults: kit::faults::Faults,
 }
 
 impl Default for Config {
@@ -66,6 +73,7 @@ impl Default for Config {
             population_registry_url: "http://127.0.0.1:50070".into(),
             population_timeout: Duration::from_millis(300),
             population_recheck: Duration::from_secs(60),
+            faults: kit::faults::Faults::default(),
         }
     }
 }
@@ -81,13 +89,20 @@ pub async fn build(config: &Config, platform: &Platform, serve_admin: bool) -> a
     let codes = codes::CodeLists::load(&runtime.pool).await?;
     let registry = population::Registry::new(&config.population_registry_url, config.population_timeout)?;
     let people = People { pool: runtime.pool.clone(), sealer, codes, registry };
-    let api = PersonnelApi { runtime: runtime.clone(), people: Arc::new(people.clone()) };
+    let api =
+        PersonnelApi { runtime: runtime.clone(), people: Arc::new(people.clone()), faults: config.faults.clone() };
     let consumer = events::first_login_consumer(&platform.namespace);
+    let declaration_consumer = events::declaration_consumer(&platform.namespace);
     let (pool, jetstream) = (runtime.pool.clone(), runtime.jetstream.clone());
+    let (pool_2, jetstream_2) = (runtime.pool.clone(), runtime.jetstream.clone());
+    let release = Arc::new(events::ReleaseOnEnd { people: people.clone() });
     let app = ServiceApp::bind(runtime, PersonnelServer::new(api), (&config.service, &DEFAULTS), platform, serve_admin)
         .await?
         .with_background(move |shutdown| {
             kit::consumer::run(pool, jetstream, consumer, Arc::new(events::UnitAgency), shutdown)
+        })
+        .with_background(move |shutdown| {
+            kit::consumer::run(pool_2, jetstream_2, declaration_consumer, release, shutdown)
         });
     let interval = config.population_recheck;
     Ok(app.with_background(move |shutdown| async move {
@@ -120,6 +135,7 @@ pub async fn run(process: Process) -> anyhow::Result<()> {
 pub struct PersonnelApi {
     runtime: Runtime,
     people: Arc<People>,
+    faults: kit::faults::Faults,
 }
 
 #[tonic::async_trait]
@@ -186,6 +202,37 @@ impl Personnel for PersonnelApi {
         Ok(Response::new(DeletePersonReply {}))
     }
 
+    async fn freeze_roster(&self, request: Request<FreezeRosterRequest>) -> Result<Response<RosterSnapshot>, Status> {
+        let request = request.into_inner();
+        let caller = request.caller.unwrap_or_default();
+        self.people
+            .freeze(&caller, &request.institution_code, &request.declaration_id, &self.faults)
+            .await
+            .map(Response::new)
+    }
+
+    async fn release_roster(
+        &self,
+        request: Request<ReleaseRosterRequest>,
+    ) -> Result<Response<ReleaseRosterReply>, Status> {
+        let request = request.into_inner();
+        let caller = request.caller.unwrap_or_default();
+        let released = self.people.release(&caller, &request.institution_code, &request.declaration_id).await?;
+        Ok(Response::new(ReleaseRosterReply { released }))
+    }
+
+    async fn get_roster_snapshot(
+        &self,
+        request: Request<GetRosterSnapshotRequest>,
+    ) -> Result<Response<RosterSnapshot>, Status> {
+        let request = request.into_inner();
+        let caller = request.caller.unwrap_or_default();
+        self.people
+            .snapshot(&caller, &request.declaration_id, &request.compare_to, request.summary_only)
+            .await
+            .map(Response::new)
+    }
+
     async fn rotate_data_key(
         &self,
         request: Request<proto::common::RotateDataKeyRequest>,
@@ -193,7 +240,7 @@ impl Personnel for PersonnelApi {
         kit::sealing::rotate_for(
             &self.people.pool,
             &self.people.sealer,
-            &[people::PERSONS_SEALED],
+            &[people::PERSONS_SEALED, roster::SNAPSHOTS_SEALED],
             request.into_inner(),
         )
         .await

@@ -249,6 +249,9 @@ impl People {
     }
 
     async fn roster_locked(&self, connection: &mut PgConnection, unit: &str) -> Result<(), Status> {
+        // Shared with every other change of the unit's people, exclusive with freezing (`roster::freeze`): a save
+        // that found the roster open commits before a freeze reads it, so no snapshot misses a saved person.
+        crate::roster::share_roster(&mut *connection, unit).await?;
         let locked: bool =
             sqlx::query_scalar("select exists (select 1 from roster_locks where institution_code = $1 for share)")
                 .bind(unit)
@@ -521,6 +524,25 @@ impl People {
         self.person_of(row.ok_or_else(not_found)?, unmask)
     }
 
+    /// Every person registered in the unit (not ended), by kind then name, on a connection scoped to the unit.
+    pub async fn read_all_on(
+        &self,
+        connection: &mut PgConnection,
+        unit: &str,
+        unmask: bool,
+    ) -> Result<Vec<Person>, Status> {
+        let rows: Vec<PersonRow> = sqlx::query_as(concat!(
+            "select ",
+            person_columns!(),
+            " from persons where institution_code = $1 and ended_at is null order by kind desc, name, person_id"
+        ))
+        .bind(unit)
+        .fetch_all(connection)
+        .await
+        .map_err(kit::db::status)?;
+        rows.into_iter().map(|row| self.person_of(row, unmask)).collect()
+    }
+
     fn person_of(&self, row: PersonRow, unmask: bool) -> Result<Person, Status> {
         let id_number = if unmask {
             self.sealer.open(row.key_version, &row.id_number_sealed).map_err(|error| {
@@ -720,7 +742,6 @@ struct SummaryRow {
     population_status: String,
     updated_at: OffsetDateTime,
 }
-
 
 #[derive(sqlx::FromRow)]
 struct PersonRow {

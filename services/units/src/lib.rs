@@ -2,8 +2,10 @@
 //! review decisions, in its own database.
 //!
 //! Modules in reading order: this file (the gRPC face and start-up), `records` (the unit record and who may see
-//! it), `events` (the consumer that creates a unit's draft record on its operator's first login).
+//! it), `declarations` (declaring, withdrawing and the review, with the saga's reconciler), `events` (the consumer
+//! that creates a unit's draft record on its operator's first login).
 
+pub mod declarations;
 mod events;
 mod records;
 
@@ -12,7 +14,12 @@ use std::sync::Arc;
 use kit::process::Process;
 use kit::service::{Platform, Runtime, ServiceApp, ServiceConfig, ServiceDefaults};
 use proto::names::Service;
+use proto::personnel::personnel_client::PersonnelClient;
 use proto::units::units_server::{Units, UnitsServer};
+use proto::units::{
+    Declaration, DeclareRequest, GetDeclarationRequest, ListReviewQueueReply, ListReviewQueueRequest,
+    RejectDeclarationRequest, ReviewRequest, WithdrawDeclarationRequest,
+};
 use proto::units::{
     GetUnitRecordRequest, ListUnitCodesReply, ListUnitCodesRequest, UnitCode, UnitCodeList, UnitRecord,
     UpdateUnitRecordReply, UpdateUnitRecordRequest,
@@ -38,6 +45,11 @@ pub struct Config {
     /// `retired_data_keys`, `index_key`).
     #[serde(flatten)]
     pub sealing: kit::sealing::SealingConfig,
+    /// The declaration saga's reconciler and its patience with personnel.
+    pub declarations: declarations::SagaConfig,
+    /// Crash points, armed by tests only; configuration cannot reach them.
+    #[serde(skip)]
+    pub faults: kit::faults::Faults,
 }
 
 /// The service, bound and ready to run.
@@ -53,14 +65,37 @@ pub async fn build(config: &Config, platform: &Platform, serve_admin: bool) -> a
     if sealed > 0 {
         tracing::info!(sealed, "bank accounts stored in clear by an earlier version are sealed now");
     }
-    let api = UnitsApi { runtime: runtime.clone(), codes: Arc::new(codes), sealer };
+    let declarations = declarations::Declarations {
+        runtime: runtime.clone(),
+        sealer: sealer.clone(),
+        namespace: platform.namespace.clone(),
+        personnel: PersonnelClient::new(platform.channel(Service::Personnel)),
+        saga: config.declarations.clone(),
+        faults: config.faults.clone(),
+    };
+    let api = UnitsApi { runtime: runtime.clone(), codes: Arc::new(codes), sealer, declarations: declarations.clone() };
     let consumer = events::first_login_consumer(&platform.namespace);
     let (pool, jetstream) = (runtime.pool.clone(), runtime.jetstream.clone());
     let app =
         ServiceApp::bind(runtime, UnitsServer::new(api), (&config.service, &DEFAULTS), platform, serve_admin).await?;
-    Ok(app.with_background(move |shutdown| {
-        kit::consumer::run(pool, jetstream, consumer, Arc::new(events::FirstLogin), shutdown)
-    }))
+    let every = config.declarations.settle_every;
+    Ok(app
+        .with_background(move |shutdown| {
+            kit::consumer::run(pool, jetstream, consumer, Arc::new(events::FirstLogin), shutdown)
+        })
+        .with_background(move |shutdown| async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                match declarations.settle_unsettled().await {
+                    Ok(0) => {}
+                    Ok(settled) => tracing::info!(settled, "declarations left unsettled by a failure are settled"),
+                    Err(error) => tracing::warn!(%error, "cannot settle unsettled declarations"),
+                }
+            }
+        }))
 }
 
 /// Runs the service as its own process until shutdown.
@@ -76,6 +111,7 @@ pub struct UnitsApi {
     runtime: Runtime,
     codes: Arc<records::UnitCodes>,
     sealer: kit::sealing::Sealer,
+    declarations: declarations::Declarations,
 }
 
 #[tonic::async_trait]
@@ -109,9 +145,66 @@ impl Units for UnitsApi {
         &self,
         request: Request<proto::common::RotateDataKeyRequest>,
     ) -> Result<Response<proto::common::RotateDataKeyReply>, Status> {
-        kit::sealing::rotate_for(&self.runtime.pool, &self.sealer, &[records::UNITS_SEALED], request.into_inner())
-            .await
-            .map(Response::new)
+        kit::sealing::rotate_for(
+            &self.runtime.pool,
+            &self.sealer,
+            &[records::UNITS_SEALED, declarations::DECLARATIONS_SEALED],
+            request.into_inner(),
+        )
+        .await
+        .map(Response::new)
+    }
+
+    async fn declare(&self, request: Request<DeclareRequest>) -> Result<Response<Declaration>, Status> {
+        let caller = request.into_inner().caller.unwrap_or_default();
+        self.declarations.declare(&caller).await.map(Response::new)
+    }
+
+    async fn withdraw_declaration(
+        &self,
+        request: Request<WithdrawDeclarationRequest>,
+    ) -> Result<Response<Declaration>, Status> {
+        let caller = request.into_inner().caller.unwrap_or_default();
+        self.declarations.withdraw(&caller).await.map(Response::new)
+    }
+
+    async fn get_declaration(&self, request: Request<GetDeclarationRequest>) -> Result<Response<Declaration>, Status> {
+        let request = request.into_inner();
+        let caller = request.caller.unwrap_or_default();
+        self.declarations.get(&caller, &request.declaration_id).await.map(Response::new)
+    }
+
+    async fn list_review_queue(
+        &self,
+        request: Request<ListReviewQueueRequest>,
+    ) -> Result<Response<ListReviewQueueReply>, Status> {
+        let request = request.into_inner();
+        let caller = request.caller.unwrap_or_default();
+        self.declarations.queue(&caller, &request.state, request.page, request.page_size).await.map(Response::new)
+    }
+
+    async fn claim_declaration(&self, request: Request<ReviewRequest>) -> Result<Response<Declaration>, Status> {
+        let request = request.into_inner();
+        let caller = request.caller.unwrap_or_default();
+        let step = declarations::Step::Claim;
+        self.declarations.review(&caller, &request.declaration_id, step, "").await.map(Response::new)
+    }
+
+    async fn approve_declaration(&self, request: Request<ReviewRequest>) -> Result<Response<Declaration>, Status> {
+        let request = request.into_inner();
+        let caller = request.caller.unwrap_or_default();
+        let step = declarations::Step::Approve;
+        self.declarations.review(&caller, &request.declaration_id, step, "").await.map(Response::new)
+    }
+
+    async fn reject_declaration(
+        &self,
+        request: Request<RejectDeclarationRequest>,
+    ) -> Result<Response<Declaration>, Status> {
+        let request = request.into_inner();
+        let caller = request.caller.unwrap_or_default();
+        let step = declarations::Step::Reject;
+        self.declarations.review(&caller, &request.declaration_id, step, &request.reason).await.map(Response::new)
     }
 
     async fn list_unit_codes(

@@ -17,7 +17,8 @@ use tonic::{Code, Status};
 /// The Chinese name of a record's state.
 pub fn state_label(state: &str) -> &'static str {
     match state {
-        "draft" | "declaring" => "录入中",
+        "draft" => "录入中",
+        "declaring" => "申报处理中",
         "declared" => "已申报",
         "under_review" => "审核中",
         "approved" => "已参保",
@@ -65,6 +66,7 @@ impl UnitCodes {
 #[derive(sqlx::FromRow)]
 struct UnitRow {
     institution_code: String,
+    unit_number: Option<String>,
     unit_name: String,
     credit_code: String,
     unit_type: String,
@@ -96,7 +98,7 @@ struct UnitRow {
     updated_at: Option<OffsetDateTime>,
 }
 
-fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
+pub fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: at.unix_timestamp(), nanos: i32::try_from(at.nanosecond()).unwrap_or(0) }
 }
 
@@ -164,6 +166,7 @@ impl UnitRow {
             complete,
             accepted_warnings,
             updated_at: self.updated_at.map(timestamp),
+            unit_number: self.unit_number.unwrap_or_default(),
         })
     }
 }

@@ -5,4 +5,5 @@ mod helpers;
 mod idempotency;
 mod isolation;
 mod people;
+mod rosters;
 mod rotation;

@@ -9,14 +9,15 @@ use kit::shutdown::CancellationToken;
 use kit::testing::{TestDatabase, isolated_nats};
 use proto::common::Caller;
 use proto::names::Service;
+use proto::personnel::personnel_client::PersonnelClient;
 use proto::units::units_client::UnitsClient;
 use sqlx::PgPool;
 
 pub struct TestUnits {
     pub client: UnitsClient<NatsChannel>,
     pub pool: PgPool,
-    platform: Platform,
-    config: units::Config,
+    pub platform: Platform,
+    pub config: units::Config,
     shutdown: CancellationToken,
     _database: TestDatabase,
 }
@@ -36,6 +37,11 @@ async fn wait_until_answering(client: &UnitsClient<NatsChannel>) {
 }
 
 pub async fn spawn_units() -> TestUnits {
+    spawn_units_with(|_| {}).await
+}
+
+/// Units with changed settings.
+pub async fn spawn_units_with(change: impl FnOnce(&mut units::Config)) -> TestUnits {
     let shutdown = CancellationToken::new();
     let database = TestDatabase::create().await;
     let platform = Platform::connect_with(&isolated_nats(), "units-test", Readiness::default()).await.expect("nats");
@@ -49,6 +55,8 @@ pub async fn spawn_units() -> TestUnits {
         },
         ..units::Config::default()
     };
+    let mut config = config;
+    change(&mut config);
     let app = units::build(&config, &platform, false).await.expect("units builds");
     tokio::spawn(app.run(shutdown.clone()));
     let pool = kit::db::connect(&database.config(), "unused").await.expect("pool");
@@ -101,4 +109,72 @@ pub fn staff(role: &str, agency_code: &str) -> Option<Caller> {
         agency_code: agency_code.into(),
         ..Caller::default()
     })
+}
+
+/// Personnel beside a units service, on the same namespace and a database of its own, with no population registry
+/// (every check only warns that it could not ask).
+pub struct TestPersonnel {
+    pub client: PersonnelClient<NatsChannel>,
+    pub pool: PgPool,
+    pub config: personnel::Config,
+    platform: Platform,
+    instance: CancellationToken,
+    _database: TestDatabase,
+}
+
+impl Drop for TestPersonnel {
+    fn drop(&mut self) {
+        self.instance.cancel();
+    }
+}
+
+impl TestPersonnel {
+    pub async fn start(units: &TestUnits) -> Self {
+        let database = TestDatabase::create().await;
+        let config = personnel::Config {
+            service: ServiceConfig {
+                database: database.config(),
+                grpc_addr: Some("127.0.0.1:0".parse().expect("addr")),
+                admin_addr: None,
+            },
+            population_registry_url: String::new(),
+            ..personnel::Config::default()
+        };
+        let instance = CancellationToken::new();
+        let app = personnel::build(&config, &units.platform, false).await.expect("personnel builds");
+        tokio::spawn(app.run(instance.clone()));
+        let pool = kit::db::connect(&database.config(), "unused").await.expect("pool");
+        let client = PersonnelClient::new(units.platform.channel(Service::Personnel));
+        let personnel =
+            TestPersonnel { client, pool, config, platform: units.platform.clone(), instance, _database: database };
+        personnel.wait_until_answering().await;
+        personnel
+    }
+
+    async fn wait_until_answering(&self) {
+        kit::testing::eventually(Duration::from_secs(10), "personnel answers", || {
+            let mut client = self.client.clone();
+            async move { client.get_status(proto::common::GetStatusRequest {}).await.is_ok() }
+        })
+        .await;
+    }
+
+    /// Kills the instance: nothing answers on its subjects until [`TestPersonnel::resume`].
+    pub async fn stop(&mut self) {
+        self.instance.cancel();
+        kit::testing::eventually(Duration::from_secs(10), "personnel stopped", || {
+            let mut client = self.client.clone();
+            async move { client.get_status(proto::common::GetStatusRequest {}).await.is_err() }
+        })
+        .await;
+    }
+
+    /// Starts a new instance on the same database, as a restart after a crash.
+    pub async fn resume(&mut self) {
+        self.instance.cancel();
+        self.instance = CancellationToken::new();
+        let app = personnel::build(&self.config, &self.platform, false).await.expect("personnel builds again");
+        tokio::spawn(app.run(self.instance.clone()));
+        self.wait_until_answering().await;
+    }
 }

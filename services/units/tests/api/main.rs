@@ -1,5 +1,6 @@
 //! The units service's API tests: the real service on a database of its own, called over NATS RPC exactly as the
 //! gateway calls it.
 
+mod declarations;
 mod helpers;
 mod records;
