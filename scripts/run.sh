@@ -75,8 +75,9 @@ cat <<MSG
     CA operator      ca.operator / $(account ca_operator password)
     province admin   province.admin / $(account province_admin password)
 
-  After logging in, the unit operator finds its record at https://127.0.0.1:$https_port/unit and its people
-  (待办业务: staff and both kinds of retirees) at https://127.0.0.1:$https_port/persons.
+  After logging in, the unit operator finds its record at https://127.0.0.1:$https_port/unit, its people
+  (待办业务: staff and both kinds of retirees) at https://127.0.0.1:$https_port/persons, and declares at
+  https://127.0.0.1:$https_port/declaration; the agency reviewer reviews at https://127.0.0.1:$https_port/review.
 
   From the command line (the JSON API):
     curl --cacert .run/ca/ca.crt --cert $unit_cert --key $unit_key \\

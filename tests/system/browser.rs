@@ -85,6 +85,24 @@ async fn text_of(browser: &Client, css: &str) -> String {
         .expect("text")
 }
 
+/// Waits until `css` shows `expected`: after a click that submits a form the old page, with an element of the same
+/// id, may still be there for a moment, and an element read as the page changes goes stale.
+async fn wait_for_text(browser: &Client, css: &str, expected: &str) -> String {
+    let mut seen = String::new();
+    for _ in 0..60 {
+        if let Ok(element) = browser.find(Locator::Css(css)).await
+            && let Ok(text) = element.text().await
+        {
+            if text.contains(expected) {
+                return text;
+            }
+            seen = text;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{css} never showed {expected:?}; last seen {seen:?}");
+}
+
 /// An element, waiting for it to appear.
 async fn element(browser: &Client, locator: Locator<'_>) -> fantoccini::elements::Element {
     let description = format!("{locator:?}");
@@ -467,6 +485,149 @@ async fn a_unit_keeps_its_record_and_registers_a_staff_member_through_the_pages(
     screenshot(&browser, "25-retiree-form").await;
     browser.goto(&ingress.url("/persons/new?kind=retiree_post_reform")).await.expect("post-reform form");
     element(&browser, Locator::Id("deemed-periods")).await;
+
+    browser.close().await.expect("close the browser");
+    platform.stop().await;
+}
+
+/// Logs in through the ingress with `who`'s certificate and password.
+async fn log_in(browser: &Client, ingress: &crate::ingress::Ingress, who: &crate::helpers::Credentials) {
+    ingress.present(Some(&who.certificate_pem));
+    browser.goto(&ingress.url("/login")).await.expect("login page");
+    fill(browser, "username", &who.username).await;
+    fill(browser, "password", &who.password).await;
+    element(browser, Locator::Id("login")).await.click().await.expect("log in");
+    element(browser, Locator::Id("role")).await;
+}
+
+/// Journey 3 in the browser (manual 4.2 and the review): the unit declares (confirming first), sees 确认申报
+/// disabled and 申报撤回 enabled, withdraws, corrects a person (校验 again), declares again; the agency's reviewer
+/// finds it in the queue, claims it and rejects it with a reason; the unit sees the reason.
+#[tokio::test]
+async fn a_unit_declares_withdraws_and_declares_again_and_sees_the_reviewers_reason() {
+    use proto::names::Service;
+    let platform = crate::helpers::spawn_isolated_with(|gateway| {
+        gateway.client_certificates = gateway::ClientCertificateMode::Header
+    })
+    .await;
+    platform.load_demo_registry().await;
+    let unit = platform.unit_with_key().await;
+    let institution_code = unit.username.split('-').next().expect("code").to_owned();
+    let ingress = crate::ingress::Ingress::start(platform.https_port).await;
+    let driver = start_chromedriver().await;
+    let profile = tempfile::tempdir().expect("profile folder");
+    let browser = open_browser(&driver, profile.path()).await;
+    log_in(&browser, &ingress, &unit).await;
+
+    // The record and one person, as the pages of journey 2 leave them (tested there).
+    let caller = Some(proto::common::Caller {
+        actor: unit.username.clone(),
+        role: "unit_operator".into(),
+        institution_code: institution_code.clone(),
+        ..Default::default()
+    });
+    let mut units = proto::units::units_client::UnitsClient::new(platform.platform.channel(Service::Units));
+    let get = proto::units::GetUnitRecordRequest { caller: caller.clone(), institution_code: String::new() };
+    eventually(Duration::from_secs(20), "the unit's draft record", || {
+        let (mut units, get) = (units.clone(), get.clone());
+        async move { units.get_unit_record(get).await.is_ok() }
+    })
+    .await;
+    let agency = units.get_unit_record(get).await.expect("record").into_inner().agency_code;
+    let record = proto::units::UnitRecordInput {
+        unit_type: "机关".into(),
+        region_code: "230502".into(),
+        subordination: "市".into(),
+        funding_source: "全额拨款".into(),
+        legal_representative: "王建国".into(),
+        address: "双鸭山市尖山区新兴大街88号".into(),
+        post_code: "155100".into(),
+        contact_name: "张伟".into(),
+        contact_phone: "0469-4221234".into(),
+        clerk_name: "张伟".into(),
+        clerk_phone: "13804691234".into(),
+        bank_name: "中国工商银行双鸭山分行".into(),
+        bank_account_name: "双鸭山市财政局".into(),
+        bank_account: "0907021009000012345".into(),
+        ..Default::default()
+    };
+    let update = proto::units::UpdateUnitRecordRequest { caller: caller.clone(), record: Some(record) };
+    units.update_unit_record(update).await.expect("record saved");
+    let mut personnel =
+        proto::personnel::personnel_client::PersonnelClient::new(platform.platform.channel(Service::Personnel));
+    let person = proto::personnel::PersonInput {
+        kind: "staff".into(),
+        name: "李娜".into(),
+        id_type: "01".into(),
+        id_number: "230502199002152344".into(),
+        funding_form: "全额拨款".into(),
+        work_start: "2012-07-01".into(),
+        joined_unit: "2015-03-01".into(),
+        personnel_status: "公务员".into(),
+        establishment: "编制内".into(),
+        ..Default::default()
+    };
+    let create = proto::personnel::CreatePersonRequest { caller, person: Some(person), idempotency_key: String::new() };
+    personnel.create_person(create).await.expect("person saved");
+
+    element(&browser, Locator::LinkText("参保登记申报")).await.click().await.expect("declaration page");
+    assert!(text_of(&browser, "#person-count").await.contains("1 人"));
+    assert!(!element(&browser, Locator::Id("declare-yes")).await.is_displayed().await.expect("state"), "asks first");
+    element(&browser, Locator::Id("declare")).await.click().await.expect("确认申报");
+    assert!(text_of(&browser, "#declare-question").await.contains("确定申报吗"));
+    screenshot(&browser, "30-declare-confirm").await;
+    element(&browser, Locator::Id("declare-yes")).await.click().await.expect("confirm");
+    wait_for_text(&browser, "#done", "已申报").await;
+    assert_eq!(text_of(&browser, "#declaration-state").await, "已申报");
+    assert!(!element(&browser, Locator::Id("declare")).await.is_enabled().await.expect("state"), "确认申报 disabled");
+    screenshot(&browser, "31-declared").await;
+
+    element(&browser, Locator::Id("withdraw")).await.click().await.expect("申报撤回");
+    element(&browser, Locator::Id("withdraw-yes")).await.click().await.expect("confirm");
+    wait_for_text(&browser, "#done", "申报已撤回").await;
+    screenshot(&browser, "32-withdrawn").await;
+
+    // Editing a person needs a new 校验.
+    element(&browser, Locator::LinkText("个人管理")).await.click().await.expect("people");
+    element(&browser, Locator::LinkText("修改")).await.click().await.expect("edit");
+    fill(&browser, "post_rank", "一级科员").await;
+    element(&browser, Locator::Id("check")).await.click().await.expect("check");
+    wait_for_text(&browser, "#check-ok", "校验通过").await;
+    element(&browser, Locator::Id("save")).await.click().await.expect("save");
+    wait_for_text(&browser, "#done", "已保存：李娜").await;
+
+    element(&browser, Locator::LinkText("参保登记申报")).await.click().await.expect("declaration page");
+    element(&browser, Locator::Id("declare")).await.click().await.expect("确认申报");
+    element(&browser, Locator::Id("declare-yes")).await.click().await.expect("confirm");
+    wait_for_text(&browser, "#done", "已申报").await;
+    element(&browser, Locator::Id("logout")).await.click().await.expect("logout");
+
+    // The agency's reviewer rejects it with a reason.
+    let reviewer = platform.staff("agency_reviewer", "reviewer.browser", &agency).await;
+    log_in(&browser, &ingress, &reviewer).await;
+    element(&browser, Locator::Id("review-card")).await.click().await.expect("queue");
+    let row = text_of(&browser, "#queue tbody tr").await;
+    assert!(row.contains("双鸭山市财政局") && row.contains("已申报"), "{row}");
+    screenshot(&browser, "33-review-queue").await;
+    element(&browser, Locator::LinkText("查看")).await.click().await.expect("open");
+    element(&browser, Locator::Id("claim")).await.click().await.expect("claim");
+    wait_for_text(&browser, "#done", "已认领").await;
+    assert!(text_of(&browser, "#roster").await.contains("230502********2344"));
+    element(&browser, Locator::Id("reject")).await.click().await.expect("reject without a reason");
+    wait_for_text(&browser, ".error-box", "请填写退回原因").await;
+    fill(&browser, "reason", "李娜的参加工作时间与档案不符，请核实").await;
+    screenshot(&browser, "34-review-reject").await;
+    element(&browser, Locator::Id("reject")).await.click().await.expect("reject");
+    wait_for_text(&browser, "#done", "已退回").await;
+    element(&browser, Locator::Id("logout")).await.click().await.expect("logout");
+
+    // The unit sees why.
+    log_in(&browser, &ingress, &unit).await;
+    element(&browser, Locator::LinkText("参保登记申报")).await.click().await.expect("declaration page");
+    assert_eq!(text_of(&browser, "#rejection-reason").await, "李娜的参加工作时间与档案不符，请核实");
+    assert!(element(&browser, Locator::Id("declare")).await.is_enabled().await.expect("state"), "can declare again");
+    assert!(text_of(&browser, "#history").await.contains("退回"));
+    screenshot(&browser, "35-unit-sees-the-reason").await;
 
     browser.close().await.expect("close the browser");
     platform.stop().await;

@@ -181,6 +181,14 @@ async fn the_openapi_document_names_every_operation() {
         "getPerson",
         "updatePerson",
         "deletePerson",
+        "declare",
+        "withdrawDeclaration",
+        "getDeclaration",
+        "listReviewQueue",
+        "getReviewDeclaration",
+        "claimDeclaration",
+        "approveDeclaration",
+        "rejectDeclaration",
     ] {
         assert!(operations.contains(&expected), "{expected} in {operations:?}");
     }

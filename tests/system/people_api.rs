@@ -259,3 +259,87 @@ async fn a_create_with_an_idempotency_key_is_safe_to_send_twice() {
     assert_eq!(list["total"], 1);
     platform.stop().await;
 }
+
+#[tokio::test]
+async fn a_declaration_is_declared_withdrawn_rejected_and_approved_over_the_api() {
+    let (platform, operator) = signed_in_unit().await;
+    let mut record = unit_record();
+    let (status, saved) =
+        operator.call(reqwest::Method::PUT, platform.secure_url("/api/my-unit"), Some(record.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{saved}");
+    let agency = saved["record"]["agency_code"].as_str().expect("agency").to_owned();
+
+    let (status, refused) = operator.call(reqwest::Method::POST, platform.secure_url("/api/declaration"), None).await;
+    assert_eq!((status, refused["code"].as_str()), (StatusCode::CONFLICT, Some("no_persons")), "{refused}");
+    let person = json!({
+        "kind": "staff", "name": "李娜", "id_type": "01", "id_number": "230502199002152344",
+        "funding_form": "全额拨款", "work_start": "2012-07-01", "joined_unit": "2015-03-01",
+        "personnel_status": "公务员", "establishment": "编制内"
+    });
+    let (status, _) = operator.call(reqwest::Method::POST, platform.secure_url("/api/persons"), Some(person)).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let (status, declared) = operator.call(reqwest::Method::POST, platform.secure_url("/api/declaration"), None).await;
+    assert_eq!((status, declared["state"].as_str()), (StatusCode::OK, Some("declared")), "{declared}");
+    assert_eq!(declared["staff_count"], 1);
+    let (status, frozen) =
+        operator.call(reqwest::Method::PUT, platform.secure_url("/api/my-unit"), Some(record.clone())).await;
+    assert_eq!((status, frozen["code"].as_str()), (StatusCode::CONFLICT, Some("record_frozen")));
+    let (status, withdrawn) =
+        operator.call(reqwest::Method::POST, platform.secure_url("/api/declaration/withdraw"), None).await;
+    assert_eq!((status, withdrawn["state"].as_str()), (StatusCode::OK, Some("withdrawn")));
+    let (status, _) = operator.call(reqwest::Method::POST, platform.secure_url("/api/declaration"), None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The agency's reviewer signs in with its own certificate and password.
+    let reviewer_account = platform.staff("agency_reviewer", "reviewer.api", &agency).await;
+    let reviewer = Operator::sign_in(&platform, &reviewer_account).await;
+    let (status, denied) = reviewer.call(reqwest::Method::POST, platform.secure_url("/api/declaration"), None).await;
+    assert_eq!((status, denied["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+    let (status, queue) = reviewer.call(reqwest::Method::GET, platform.secure_url("/api/review-queue"), None).await;
+    assert_eq!((status, queue["total"].as_u64()), (StatusCode::OK, Some(1)), "{queue}");
+    let id = queue["declarations"][0]["declaration_id"].as_str().expect("id").to_owned();
+    let (status, _) = operator.call(reqwest::Method::GET, platform.secure_url("/api/review-queue"), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a unit has no queue");
+    let (status, claimed) =
+        reviewer.call(reqwest::Method::POST, platform.secure_url(&format!("/api/declarations/{id}/claim")), None).await;
+    assert_eq!((status, claimed["state"].as_str()), (StatusCode::OK, Some("claimed")));
+    let (status, late) =
+        operator.call(reqwest::Method::POST, platform.secure_url("/api/declaration/withdraw"), None).await;
+    assert_eq!((status, late["code"].as_str()), (StatusCode::CONFLICT, Some("already_claimed")));
+    let reject = platform.secure_url(&format!("/api/declarations/{id}/reject"));
+    let (status, empty) = reviewer.call(reqwest::Method::POST, reject.clone(), Some(json!({ "reason": "" }))).await;
+    assert_eq!(
+        (status, empty["field"].as_str(), empty["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("reason"), Some("reason_required"))
+    );
+    let (status, _) =
+        reviewer.call(reqwest::Method::POST, reject, Some(json!({ "reason": "联系电话有误，请核实" }))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, seen) = operator.call(reqwest::Method::GET, platform.secure_url("/api/declaration"), None).await;
+    assert_eq!((seen["state"].as_str(), seen["reason"].as_str()), (Some("rejected"), Some("联系电话有误，请核实")));
+
+    record["contact_phone"] = json!("0469-4229999");
+    let (status, _) = operator.call(reqwest::Method::PUT, platform.secure_url("/api/my-unit"), Some(record)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, again) = operator.call(reqwest::Method::POST, platform.secure_url("/api/declaration"), None).await;
+    let again_id = again["declaration_id"].as_str().expect("id").to_owned();
+    reviewer
+        .call(reqwest::Method::POST, platform.secure_url(&format!("/api/declarations/{again_id}/claim")), None)
+        .await;
+    let (status, view) =
+        reviewer.call(reqwest::Method::GET, platform.secure_url(&format!("/api/declarations/{again_id}")), None).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["previous_rejected_id"], json!(id));
+    assert_eq!(view["unit_changes"][0]["label"], "联系电话");
+    assert_eq!(view["roster"]["persons"][0]["id_number_masked"], "230502********2344");
+    assert!(!view.to_string().contains("230502199002152344"), "the reviewer's view carries no clear number");
+    let (status, approved) = reviewer
+        .call(reqwest::Method::POST, platform.secure_url(&format!("/api/declarations/{again_id}/approve")), None)
+        .await;
+    assert_eq!((status, approved["state"].as_str()), (StatusCode::OK, Some("approved")), "{approved}");
+    assert!(approved["unit_number"].as_str().is_some_and(|number| number.len() == 12));
+    let (_, unit) = operator.call(reqwest::Method::GET, platform.secure_url("/api/my-unit"), None).await;
+    assert_eq!(unit["state_label"], "已参保");
+    platform.stop().await;
+}

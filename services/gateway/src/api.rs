@@ -44,7 +44,7 @@ fn public_routes() -> Router<AppState> {
 /// The logged-in port: login, activation, the main page, the operators' work, and the public pages again (so the
 /// site is whole on either port). Every state-changing call of a session needs its CSRF token.
 pub fn secure_router(state: AppState) -> Router {
-    use crate::{auth, enrollment, operators};
+    use crate::{auth, declarations, enrollment, operators};
     Router::new()
         .route("/api/session", post(auth::login_api).get(auth::who_am_i).delete(auth::logout_api))
         .route("/api/key-activation", post(auth::activate_api))
@@ -61,6 +61,21 @@ pub fn secure_router(state: AppState) -> Router {
             "/api/persons/{person_id}",
             get(enrollment::get_person_api).put(enrollment::update_person_api).delete(enrollment::delete_person_api),
         )
+        .route("/api/declaration", get(declarations::get_api).post(declarations::declare_api))
+        .route("/api/declaration/withdraw", post(declarations::withdraw_api))
+        .route("/api/review-queue", get(declarations::queue_api))
+        .route("/api/declarations/{declaration_id}", get(declarations::review_get_api))
+        .route("/api/declarations/{declaration_id}/claim", post(declarations::claim_api))
+        .route("/api/declarations/{declaration_id}/approve", post(declarations::approve_api))
+        .route("/api/declarations/{declaration_id}/reject", post(declarations::reject_api))
+        .route("/declaration", get(declarations::declaration_page))
+        .route("/declaration/declare", post(declarations::declare_submit))
+        .route("/declaration/withdraw", post(declarations::withdraw_submit))
+        .route("/review", get(declarations::queue_page))
+        .route("/review/{declaration_id}", get(declarations::review_page))
+        .route("/review/{declaration_id}/claim", post(declarations::claim_submit))
+        .route("/review/{declaration_id}/approve", post(declarations::approve_submit))
+        .route("/review/{declaration_id}/reject", post(declarations::reject_submit))
         .route("/unit", get(enrollment::unit_page).post(enrollment::unit_submit))
         .route("/persons", get(enrollment::persons_page))
         .route("/persons/new", get(enrollment::new_person_page).post(enrollment::new_person_submit))

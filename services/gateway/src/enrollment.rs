@@ -121,7 +121,7 @@ impl UnitBody {
     }
 }
 
-fn unit_json(record: &UnitRecord) -> serde_json::Value {
+pub fn unit_json(record: &UnitRecord) -> serde_json::Value {
     let posts = |value: Option<u32>| value.map(serde_json::Value::from).unwrap_or(serde_json::Value::Null);
     serde_json::json!({
         "institution_code": record.institution_code, "unit_name": record.unit_name, "credit_code": record.credit_code,
@@ -177,7 +177,7 @@ pub async fn update_my_unit_api(State(state): State<AppState>, signed_in: Signed
         .into_response()
 }
 
-async fn unit_codes(state: &AppState) -> BTreeMap<String, Vec<(String, String)>> {
+pub async fn unit_codes(state: &AppState) -> BTreeMap<String, Vec<(String, String)>> {
     units(state)
         .list_unit_codes(ListUnitCodesRequest {})
         .await
@@ -192,7 +192,7 @@ async fn unit_codes(state: &AppState) -> BTreeMap<String, Vec<(String, String)>>
         .unwrap_or_default()
 }
 
-fn user(signed_in: &SignedIn) -> Value {
+pub fn user(signed_in: &SignedIn) -> Value {
     Value::from(Serde(crate::auth::AccountView::from(&signed_in.session)))
 }
 
@@ -501,7 +501,7 @@ fn check_json(reply: &CheckReply) -> serde_json::Value {
     })
 }
 
-fn person_json(person: &Person) -> serde_json::Value {
+pub fn person_json(person: &Person) -> serde_json::Value {
     let accepted: Vec<serde_json::Value> = person
         .accepted_warnings
         .iter()

@@ -9,6 +9,7 @@
 mod api;
 mod auth;
 mod bridge;
+mod declarations;
 mod enrollment;
 mod error;
 mod https;

@@ -48,12 +48,16 @@ impl Pages {
             ("unit.html", include_str!("../templates/unit.html")),
             ("persons.html", include_str!("../templates/persons.html")),
             ("person.html", include_str!("../templates/person.html")),
+            ("declaration.html", include_str!("../templates/declaration.html")),
+            ("review_queue.html", include_str!("../templates/review_queue.html")),
+            ("review.html", include_str!("../templates/review.html")),
         ] {
             // The templates are part of the binary and covered by tests, so a syntax error is a build defect.
             if let Err(error) = templates.add_template(name, source) {
                 panic!("template {name} does not compile: {error}");
             }
         }
+        templates.add_filter("beijing", beijing_time);
         Self { templates }
     }
 
@@ -66,6 +70,16 @@ impl Pages {
             }
         }
     }
+}
+
+/// An RFC 3339 instant as the province reads it: Beijing time, to the second; anything else as it is.
+fn beijing_time(value: String) -> String {
+    let beijing = time::UtcOffset::from_hms(8, 0, 0).unwrap_or(time::UtcOffset::UTC);
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    time::OffsetDateTime::parse(&value, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .and_then(|at| at.to_offset(beijing).format(format).ok())
+        .unwrap_or(value)
 }
 
 impl Default for Pages {

@@ -495,7 +495,12 @@ impl Declarations {
         frozen: Result<RosterSnapshot, Status>,
         caller: &Caller,
     ) -> Result<Declaration, Status> {
-        let system = Actor { name: "system".into(), role: "system".into(), ..Actor::default() };
+        // The operator who declared, or the platform when the reconciler settles.
+        let actor = if caller.actor.is_empty() {
+            Actor { name: "system".into(), role: "system".into(), ..Actor::default() }
+        } else {
+            Actor::of(caller)
+        };
         let (step, snapshot, refusal) = match frozen {
             Ok(snapshot) => (Step::Frozen, Some(snapshot), None),
             Err(status) if is_refusal(&status) => (Step::Refused, None, Some(status)),
@@ -532,7 +537,7 @@ impl Declarations {
             .execute(&mut *transaction)
             .await
             .map_err(kit::db::status)?;
-            self.record_transition(&mut transaction, &system, &row, Some("declaring"), to, reason.as_deref(), None)
+            self.record_transition(&mut transaction, &actor, &row, Some("declaring"), to, reason.as_deref(), None)
                 .await?;
             transaction.commit().await.map_err(kit::db::status)?;
             self.runtime.wake_relay();
