@@ -34,6 +34,9 @@ install_missing() {
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
   [ -d /usr/share/fonts/opentype/noto ] || missing+=(fonts-noto-cjk)
+  # pdftotext and pdftoppm read the printed forms back in the tests; certutil gives the browser test a certificate.
+  command -v pdftotext >/dev/null 2>&1 || missing+=(poppler-utils)
+  command -v certutil >/dev/null 2>&1 || missing+=(libnss3-tools)
   [ ${#missing[@]} -eq 0 ] && return 0
   if is_root; then
     say "installing ${missing[*]} from Debian's packages"

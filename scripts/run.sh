@@ -14,6 +14,14 @@ fi
 export PENSION__GATEWAY__ADMIN_TOKEN="$(cat .run/admin-token)"
 # A development CA, made once: its root signs the demo certificates and the gateway's 8443 certificate.
 if [ ! -s .run/ca/ca.key ]; then
+  # A new CA: the accounts and certificates an earlier demo left in the local databases were made under another
+  # one and cannot log in, so the demo starts from empty databases (only the local default ones, never configured).
+  if ! env | grep -q '^PENSION__.*DATABASE__URL='; then
+    for database in pension_identity pension_units pension_personnel pension_printing pension_population; do
+      psql -q -h 127.0.0.1 -U postgres -d postgres -c "drop database if exists $database with (force)" >/dev/null
+    done
+  fi
+  rm -f .run/demo.json
   "$binary" ca init --dir .run/ca
 fi
 export PENSION__IDENTITY__CA__CERTIFICATE_FILE="$PWD/.run/ca/ca.crt"
@@ -26,7 +34,8 @@ export PENSION__POPULATION__ENABLED=true
 export PENSION__POPULATION__FILE="$PWD/demo/population.csv"
 "$binary" all > >(tee .run/pension.log) 2>&1 &
 pid=$!
-trap 'kill -TERM $pid 2>/dev/null; wait $pid' INT TERM
+# Stopped with Ctrl-C, or by a failing step below: the platform stops with it.
+trap 'kill -TERM $pid 2>/dev/null; wait $pid' INT TERM EXIT
 
 for _ in $(seq 1 600); do
   if ! kill -0 "$pid" 2>/dev/null; then
