@@ -7,7 +7,7 @@ pub mod demo;
 use anyhow::Context as _;
 use kit::config::{ConfigError, Settings};
 use kit::redis::{Redis, RedisConfig};
-use kit::service::{Platform, ServiceConfig};
+use kit::service::Platform;
 use tokio_util::sync::CancellationToken;
 
 /// Every section `pension all` needs, read before anything connects so a mistake stops start-up untouched.
@@ -16,7 +16,7 @@ pub struct AllInOneConfig {
     pub identity: identity::Config,
     pub units: units::Config,
     pub personnel: personnel::Config,
-    pub printing: ServiceConfig,
+    pub printing: printing::Config,
     pub gateway: gateway::Config,
     pub redis: RedisConfig,
     /// The development population registry (公安库 stand-in), off unless `population.enabled`.

@@ -88,8 +88,8 @@ enum KeysAction {
         #[arg(long)]
         keys: PathBuf,
     },
-    /// Seal every ID number and account stored under an older data key again under the current one, in personnel
-    /// and units, while the platform keeps serving. First give every instance the new key as `data_key` (with a
+    /// Seal every ID number, account and document stored under an older data key again under the current one, in
+    /// personnel, units and printing, while the platform keeps serving. First give every instance the new key as `data_key` (with a
     /// higher `data_key_version`) and the old one in `retired_data_keys`; once this reports nothing remaining, the
     /// old key can go.
     Rotate,
@@ -191,6 +191,7 @@ async fn import_legacy(process: Process, roots: PathBuf, keys: PathBuf) -> anyho
 /// under an older key makes the command fail so a script notices.
 async fn rotate_data_keys(process: Process) -> anyhow::Result<()> {
     use proto::personnel::personnel_client::PersonnelClient;
+    use proto::printing::printing_client::PrintingClient;
     use proto::units::units_client::UnitsClient;
 
     let platform = Platform::connect(&process, "pension-cli").await?;
@@ -213,13 +214,18 @@ async fn rotate_data_keys(process: Process) -> anyhow::Result<()> {
         .await
         .map_err(failed("units"))?
         .into_inner();
-    for (service, reply) in [("personnel", &personnel), ("units", &units)] {
+    let printing = PrintingClient::new(platform.channel_with_timeout(proto::names::Service::Printing, long))
+        .rotate_data_key(request())
+        .await
+        .map_err(failed("printing"))?
+        .into_inner();
+    for (service, reply) in [("personnel", &personnel), ("units", &units), ("printing", &printing)] {
         println!(
             "{service}: {} values sealed again under data key version {}, {} remaining",
             reply.resealed, reply.version, reply.remaining
         );
     }
-    if personnel.remaining + units.remaining > 0 {
+    if personnel.remaining + units.remaining + printing.remaining > 0 {
         anyhow::bail!("some values are still under an older key (held by saves throughout): run it again");
     }
     Ok(())

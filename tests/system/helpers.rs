@@ -116,7 +116,7 @@ pub async fn spawn_platform_with(
             population_registry_url: format!("http://127.0.0.1:{population_port}"),
             ..personnel::Config::default()
         },
-        printing: service_config().await,
+        printing: printing::Config { service: service_config().await, ..printing::Config::default() },
         gateway,
         redis,
         population,

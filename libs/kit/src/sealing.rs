@@ -97,25 +97,34 @@ impl Sealer {
 
     /// nonce (12 bytes) ‖ ciphertext with tag, under the current key.
     pub fn seal(&self, plain: &str) -> Vec<u8> {
+        self.seal_bytes(plain.as_bytes())
+    }
+
+    /// As [`Sealer::seal`], for binary values (documents).
+    pub fn seal_bytes(&self, plain: &[u8]) -> Vec<u8> {
         let nonce: [u8; 12] = rand::random();
         let mut sealed = nonce.to_vec();
         let cipher = self.ciphers.get(&self.version).unwrap_or_else(|| unreachable!("the current key is always held"));
         // Encryption with a valid key and a 12-byte nonce cannot fail.
-        let ciphertext = cipher.encrypt(&Nonce::from(nonce), plain.as_bytes()).unwrap_or_default();
+        let ciphertext = cipher.encrypt(&Nonce::from(nonce), plain).unwrap_or_default();
         sealed.extend(ciphertext);
         sealed
     }
 
     /// Opens a value sealed with the key of `version`.
     pub fn open(&self, version: i32, sealed: &[u8]) -> Result<String, SealingError> {
+        String::from_utf8(self.open_bytes(version, sealed)?).map_err(|_| SealingError::Open)
+    }
+
+    /// As [`Sealer::open`], for binary values.
+    pub fn open_bytes(&self, version: i32, sealed: &[u8]) -> Result<Vec<u8>, SealingError> {
         let cipher = self.ciphers.get(&version).ok_or(SealingError::UnknownVersion(version))?;
         if sealed.len() < 12 {
             return Err(SealingError::Open);
         }
         let (nonce, ciphertext) = sealed.split_at(12);
         let nonce = Nonce::try_from(nonce).map_err(|_| SealingError::Open)?;
-        let plain = cipher.decrypt(&nonce, ciphertext).map_err(|_| SealingError::Open)?;
-        String::from_utf8(plain).map_err(|_| SealingError::Open)
+        cipher.decrypt(&nonce, ciphertext).map_err(|_| SealingError::Open)
     }
 
     /// A value of `version` sealed again under the current key; the current key's own values come back as they are.
@@ -123,7 +132,7 @@ impl Sealer {
         if version == self.version {
             return Ok(sealed.to_vec());
         }
-        Ok(self.seal(&self.open(version, sealed)?))
+        Ok(self.seal_bytes(&self.open_bytes(version, sealed)?))
     }
 
     /// The blind index of an ID number: equal numbers, equal digests; without the key, nothing to learn.
