@@ -577,7 +577,22 @@ async fn a_unit_declares_withdraws_and_declares_again_and_sees_the_reviewers_rea
     assert!(text_of(&browser, "#declare-question").await.contains("确定申报吗"));
     screenshot(&browser, "30-declare-confirm").await;
     element(&browser, Locator::Id("declare-yes")).await.click().await.expect("confirm");
+    // As in the manual, declaring leads to the print screen; the forms appear once rendered.
     wait_for_text(&browser, "#done", "已申报").await;
+    for _ in 0..60 {
+        if browser.find(Locator::Id("documents")).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        browser.refresh().await.expect("refresh");
+    }
+    let forms = text_of(&browser, "#documents").await;
+    assert!(
+        forms.contains("机关事业单位养老保险参保单位登记表") && forms.contains("工作人员参保登记花名册"),
+        "{forms}"
+    );
+    screenshot(&browser, "31-print-page").await;
+    element(&browser, Locator::LinkText("参保登记申报")).await.click().await.expect("declaration page");
     assert_eq!(text_of(&browser, "#declaration-state").await, "已申报");
     assert!(!element(&browser, Locator::Id("declare")).await.is_enabled().await.expect("state"), "确认申报 disabled");
     screenshot(&browser, "31-declared").await;

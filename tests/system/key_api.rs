@@ -189,6 +189,10 @@ async fn the_openapi_document_names_every_operation() {
         "claimDeclaration",
         "approveDeclaration",
         "rejectDeclaration",
+        "listDocuments",
+        "downloadDocument",
+        "downloadBundle",
+        "verifyDocument",
     ] {
         assert!(operations.contains(&expected), "{expected} in {operations:?}");
     }

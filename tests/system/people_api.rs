@@ -341,5 +341,49 @@ async fn a_declaration_is_declared_withdrawn_rejected_and_approved_over_the_api(
     assert!(approved["unit_number"].as_str().is_some_and(|number| number.len() == 12));
     let (_, unit) = operator.call(reqwest::Method::GET, platform.secure_url("/api/my-unit"), None).await;
     assert_eq!(unit["state_label"], "已参保");
+
+    // The forms of the approved declaration: listed, downloaded (一键打印) and verified.
+    eventually(Duration::from_secs(30), "the forms are rendered", || async {
+        operator.call(reqwest::Method::GET, platform.secure_url("/api/documents"), None).await.1["rendered"] == true
+    })
+    .await;
+    let (_, listed) = operator.call(reqwest::Method::GET, platform.secure_url("/api/documents"), None).await;
+    assert_eq!(listed["declaration_id"], json!(again_id));
+    assert_eq!(listed["documents"].as_array().map(Vec::len), Some(5), "{listed}");
+    let bundle = operator
+        .client
+        .get(platform.secure_url("/api/documents/bundle"))
+        .header("cookie", &operator.cookie)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(bundle.status(), StatusCode::OK);
+    assert_eq!(bundle.headers()["content-type"], "application/pdf");
+    let digest = bundle.headers()["x-document-sha256"].to_str().expect("digest").to_owned();
+    let bytes = bundle.bytes().await.expect("pdf");
+    assert!(bytes.starts_with(b"%PDF"));
+    let listed_bundle =
+        listed["documents"].as_array().expect("documents").iter().find(|d| d["kind"] == "bundle").cloned();
+    assert_eq!(listed_bundle.expect("bundle")["sha256"], json!(digest));
+    let (status, denied) =
+        reviewer.call(reqwest::Method::GET, platform.secure_url("/api/documents/bundle"), None).await;
+    assert_eq!((status, denied["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+    let (status, theirs) = reviewer
+        .call(reqwest::Method::GET, platform.secure_url(&format!("/api/documents?declaration_id={again_id}")), None)
+        .await;
+    assert_eq!((status, theirs["rendered"].as_bool()), (StatusCode::OK, Some(true)), "the reviewer reads them too");
+
+    let unit_digest = approved["unit_digest"].as_str().expect("digest");
+    let (status, verified) =
+        crate::helpers::get_json(&platform.url(&format!("/api/verify/{again_id}/{unit_digest}"))).await;
+    assert_eq!(
+        (status, verified["matches"].as_bool(), verified["state"].as_str()),
+        (200, Some(true), Some("approved"))
+    );
+    let last = if unit_digest.ends_with('0') { '1' } else { '0' };
+    let tampered = format!("{}{last}", &unit_digest[..unit_digest.len() - 1]);
+    let (_, refused) = crate::helpers::get_json(&platform.url(&format!("/api/verify/{again_id}/{tampered}"))).await;
+    assert_eq!(refused["matches"], false);
+    assert_eq!(refused["unit_name"], "", "a mismatch names nothing");
     platform.stop().await;
 }

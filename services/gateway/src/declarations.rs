@@ -291,7 +291,8 @@ pub async fn declaration_page(
 pub async fn declare_submit(State(state): State<AppState>, signed_in: SignedIn) -> Response {
     match declare(&state, &signed_in).await {
         Ok(declaration) if declaration.state == "declaring" => Redirect::to("/declaration").into_response(),
-        Ok(_) => Redirect::to("/declaration?done=declared").into_response(),
+        // As in the manual: after declaring, the print screen.
+        Ok(_) => Redirect::to("/print?done=declared").into_response(),
         Err(problem) => render_declaration(&state, &signed_in, "", &problem.message).await,
     }
 }
@@ -337,6 +338,7 @@ async fn render_review(
         Ok(view) => state.pages.render(
             "review.html",
             context! { section => "review", user => user(signed_in), csrf => signed_in.session.csrf_token.clone(),
+            documents => Value::from(Serde(crate::printed::documents(state, signed_in, id).await.ok().map(|reply| crate::printed::documents_json(&reply)))),
             d => Value::from(Serde(view)), message => message, error => error, reason => reason,
             codes => Value::from(Serde(crate::enrollment::unit_codes(state).await)), max_reason => 200 },
         ),

@@ -17,6 +17,7 @@ mod keys;
 mod limits;
 mod operators;
 mod pages;
+mod printed;
 mod session;
 mod trust;
 

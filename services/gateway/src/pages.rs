@@ -51,6 +51,8 @@ impl Pages {
             ("declaration.html", include_str!("../templates/declaration.html")),
             ("review_queue.html", include_str!("../templates/review_queue.html")),
             ("review.html", include_str!("../templates/review.html")),
+            ("print.html", include_str!("../templates/print.html")),
+            ("verify.html", include_str!("../templates/verify.html")),
         ] {
             // The templates are part of the binary and covered by tests, so a syntax error is a build defect.
             if let Err(error) = templates.add_template(name, source) {
