@@ -6,11 +6,12 @@
 CARGO_TARGET_DIR ?= $(HOME)/.cache/pension/target
 export CARGO_TARGET_DIR
 
-.PHONY: help deps run test lint fmt build clean-deps
+.PHONY: help deps run test bench lint fmt build clean-deps
 
 help:
 	@echo "make run    start the whole platform locally and print where to open it"
 	@echo "make test   run every test against real PostgreSQL, NATS and Redis"
+	@echo "make bench  the benchmarks, in release mode (so far: rendering the printed forms)"
 	@echo "make lint   rustfmt and clippy, warnings as errors"
 	@echo "make deps   only make sure PostgreSQL, NATS and Redis are up"
 
@@ -25,6 +26,9 @@ run: deps build
 
 test: deps
 	@scripts/test.sh
+
+bench: deps
+	cargo bench -p printing --bench render
 
 lint:
 	cargo fmt --all -- --check

@@ -24,6 +24,19 @@ wait_port() {
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
 is_root() { [ "$(id -u)" = 0 ]; }
 
+# Chromium asks which client certificate to present unless a policy selects it: the browser tests of mutual TLS
+# (and a developer trying the demo) present the only certificate their profile holds to https://127.0.0.1.
+install_certificate_policy() {
+  local policy=/etc/chromium/policies/managed/pension-client-certificates.json
+  [ -f "$policy" ] && return 0
+  if is_root; then
+    mkdir -p "$(dirname "$policy")"
+    echo '{"AutoSelectCertificateForUrls": ["{\"pattern\":\"https://127.0.0.1:*\",\"filter\":{}}"]}' > "$policy"
+  else
+    echo "deps: the browser test of mutual TLS needs $policy (as root: make deps)" >&2
+  fi
+}
+
 install_missing() {
   local missing=()
   command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
@@ -37,6 +50,7 @@ install_missing() {
   # pdftotext and pdftoppm read the printed forms back in the tests; certutil gives the browser test a certificate.
   command -v pdftotext >/dev/null 2>&1 || missing+=(poppler-utils)
   command -v certutil >/dev/null 2>&1 || missing+=(libnss3-tools)
+  install_certificate_policy
   [ ${#missing[@]} -eq 0 ] && return 0
   if is_root; then
     say "installing ${missing[*]} from Debian's packages"

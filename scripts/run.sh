@@ -4,16 +4,24 @@
 set -euo pipefail
 
 binary=${PENSION_BIN:?PENSION_BIN names the pension binary}
-http_port=8080
-mkdir -p .run
+# Where the CA, the demo accounts and the log go, and the two ports: a second platform (the journey test) runs
+# beside a developer's own with other values.
+run_dir=${PENSION_RUN_DIR:-.run}
+http_port=${PENSION_HTTP_PORT:-8080}
+https_port=${PENSION_HTTPS_PORT:-8443}
+export PENSION__GATEWAY__HTTP_ADDR="${PENSION__GATEWAY__HTTP_ADDR:-0.0.0.0:$http_port}"
+export PENSION__GATEWAY__HTTPS_ADDR="${PENSION__GATEWAY__HTTPS_ADDR:-0.0.0.0:$https_port}"
+# The QR codes on the printed forms open this platform's verification page.
+export PENSION__PRINTING__VERIFY_URL="${PENSION__PRINTING__VERIFY_URL:-http://127.0.0.1:$http_port/verify}"
+mkdir -p "$run_dir"
 # A development admin token for the registry import page and API, made once and kept beside the logs.
-if [ ! -s .run/admin-token ]; then
-  head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' > .run/admin-token
-  chmod 600 .run/admin-token
+if [ ! -s "$run_dir/admin-token" ]; then
+  head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$run_dir/admin-token"
+  chmod 600 "$run_dir/admin-token"
 fi
-export PENSION__GATEWAY__ADMIN_TOKEN="$(cat .run/admin-token)"
+export PENSION__GATEWAY__ADMIN_TOKEN="$(cat "$run_dir/admin-token")"
 # A development CA, made once: its root signs the demo certificates and the gateway's 8443 certificate.
-if [ ! -s .run/ca/ca.key ]; then
+if [ ! -s "$run_dir/ca/ca.key" ]; then
   # A new CA: the accounts and certificates an earlier demo left in the local databases were made under another
   # one and cannot log in, so the demo starts from empty databases (only the local default ones, never configured).
   if ! env | grep -q '^PENSION__.*DATABASE__URL='; then
@@ -21,25 +29,25 @@ if [ ! -s .run/ca/ca.key ]; then
       psql -q -h 127.0.0.1 -U postgres -d postgres -c "drop database if exists $database with (force)" >/dev/null
     done
   fi
-  rm -f .run/demo.json
-  "$binary" ca init --dir .run/ca
+  rm -f "$run_dir/demo.json"
+  "$binary" ca init --dir "$run_dir/ca"
 fi
-export PENSION__IDENTITY__CA__CERTIFICATE_FILE="$PWD/.run/ca/ca.crt"
-export PENSION__IDENTITY__CA__KEY_FILE="$PWD/.run/ca/ca.key"
-export PENSION__GATEWAY__TLS_CERTIFICATE_FILE="$PWD/.run/ca/server.crt"
-export PENSION__GATEWAY__TLS_KEY_FILE="$PWD/.run/ca/server.key"
-https_port=8443
+run_dir=$(cd "$run_dir" && pwd)
+export PENSION__IDENTITY__CA__CERTIFICATE_FILE="$run_dir/ca/ca.crt"
+export PENSION__IDENTITY__CA__KEY_FILE="$run_dir/ca/ca.key"
+export PENSION__GATEWAY__TLS_CERTIFICATE_FILE="$run_dir/ca/server.crt"
+export PENSION__GATEWAY__TLS_KEY_FILE="$run_dir/ca/server.key"
 # The development population registry (公安库 stand-in) on 127.0.0.1:50070, knowing most of the demo unit's people.
 export PENSION__POPULATION__ENABLED=true
 export PENSION__POPULATION__FILE="$PWD/demo/population.csv"
-"$binary" all > >(tee .run/pension.log) 2>&1 &
+"$binary" all > >(tee "$run_dir/pension.log") 2>&1 &
 pid=$!
 # Stopped with Ctrl-C, or by a failing step below: the platform stops with it.
 trap 'kill -TERM $pid 2>/dev/null; wait $pid' INT TERM EXIT
 
 for _ in $(seq 1 600); do
   if ! kill -0 "$pid" 2>/dev/null; then
-    echo "pension stopped during start-up; see .run/pension.log" >&2
+    echo "pension stopped during start-up; see $run_dir/pension.log" >&2
     wait "$pid"
     exit 1
   fi
@@ -52,9 +60,9 @@ done
 "$binary" registry import demo/registry.csv
 # The demo accounts (once): a unit whose key the CA made, an agency reviewer, a CA operator, a province admin; and
 # the demo unit's record, a dozen staff and a few retirees (whenever the unit has no people).
-"$binary" demo seed --out .run
+"$binary" demo seed --out "$run_dir"
 account() { # role field
-  python3 -c 'import json,sys; a=[x for x in json.load(open(".run/demo.json"))["accounts"] if x["role"]==sys.argv[1]][0]; print(a[sys.argv[2]])' "$1" "$2"
+  python3 -c 'import json,sys; a=[x for x in json.load(open(sys.argv[3]))["accounts"] if x["role"]==sys.argv[1]][0]; print(a[sys.argv[2]])' "$1" "$2" "$run_dir/demo.json"
 }
 unit_user=$(account unit_operator username)
 unit_password=$(account unit_operator password)
@@ -65,7 +73,7 @@ unit_p12_password=$(account unit_operator pkcs12_password)
 
 cat <<MSG
 
-  The platform is running (all services in one process; logs in .run/pension.log).
+  The platform is running (all services in one process; logs in $run_dir/pension.log).
 
     Home page        http://127.0.0.1:$http_port/
     Readiness        http://127.0.0.1:$http_port/readyz
@@ -78,7 +86,7 @@ cat <<MSG
     Operator gRPC    127.0.0.1:50051  (grpcurl -plaintext 127.0.0.1:50051 list)
 
   Log in (https://127.0.0.1:$https_port/login) with a certificate and a password. Demo accounts, with their
-  certificates, keys and PKCS#12 files, are listed in .run/demo.json:
+  certificates, keys and PKCS#12 files, are listed in $run_dir/demo.json:
     unit operator    $unit_user / $unit_password
     agency reviewer  reviewer / $(account agency_reviewer password)
     CA operator      ca.operator / $(account ca_operator password)
@@ -89,12 +97,12 @@ cat <<MSG
   https://127.0.0.1:$https_port/declaration; the agency reviewer reviews at https://127.0.0.1:$https_port/review.
 
   From the command line (the JSON API):
-    curl --cacert .run/ca/ca.crt --cert $unit_cert --key $unit_key \\
+    curl --cacert $run_dir/ca/ca.crt --cert $unit_cert --key $unit_key \\
       -H 'Content-Type: application/json' -d '{"username":"$unit_user","password":"$unit_password"}' \\
       https://127.0.0.1:$https_port/api/session
 
   In a browser: import $unit_p12 (password $unit_p12_password) as a personal certificate and
-  .run/ca/ca.crt as a trusted authority (Chrome: Settings → Privacy and security → Security → Manage
+  $run_dir/ca/ca.crt as a trusted authority (Chrome: Settings → Privacy and security → Security → Manage
   certificates; Firefox: Settings → Privacy & Security → Certificates → View Certificates → Your Certificates →
   Import), then open https://127.0.0.1:$https_port/login and choose the certificate when asked.
 

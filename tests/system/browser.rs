@@ -647,3 +647,345 @@ async fn a_unit_declares_withdraws_and_declares_again_and_sees_the_reviewers_rea
     browser.close().await.expect("close the browser");
     platform.stop().await;
 }
+
+/// A browser that holds one client certificate, as a clerk's PC holds its USB key: its own chromedriver and
+/// Chromium with a home folder whose NSS database has the certificate (from PKCS#12) and trusts the platform's CA.
+/// Chromium selects the certificate by itself through the `AutoSelectCertificateForUrls` policy that `make test`
+/// installs for https://127.0.0.1 (scripts/deps.sh); without the policy there is nothing to select with.
+struct KeyHolder {
+    browser: Client,
+    _driver: Chromedriver,
+    _home: tempfile::TempDir,
+}
+
+impl KeyHolder {
+    async fn open(ca_certificate: &std::path::Path, pkcs12: &[u8], password: &str) -> Self {
+        let home = tempfile::tempdir().expect("home folder");
+        let nssdb = home.path().join(".pki/nssdb");
+        std::fs::create_dir_all(&nssdb).expect("nssdb folder");
+        let database = format!("sql:{}", nssdb.display());
+        let run = |program: &str, args: &[&str]| {
+            let status = Command::new(program).args(args).stdout(Stdio::null()).status().expect(program);
+            assert!(status.success(), "{program} {args:?}");
+        };
+        run("certutil", &["-d", &database, "-N", "--empty-password"]);
+        let ca = ca_certificate.to_str().expect("path");
+        run("certutil", &["-d", &database, "-A", "-t", "C,,", "-n", "pension-ca", "-i", ca]);
+        let p12 = home.path().join("key.p12");
+        std::fs::write(&p12, pkcs12).expect("write p12");
+        run("pk12util", &["-d", &database, "-i", p12.to_str().expect("path"), "-W", password]);
+        let port = free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .env("HOME", home.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver runs");
+        eventually(Duration::from_secs(20), "chromedriver listening", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+        let driver = Chromedriver { child, port };
+        let browser = open_browser(&driver, &home.path().join("profile")).await;
+        Self { browser, _driver: driver, _home: home }
+    }
+}
+
+/// Picks the option of `select` whose text is `label`.
+async fn choose(browser: &Client, select: &str, label: &str) {
+    let xpath = format!("//select[@id='{select}']/option[normalize-space(text())='{label}']");
+    element(browser, Locator::XPath(&xpath)).await.click().await.expect("pick");
+}
+
+/// Ticks every warning the page asks to accept.
+async fn accept_warnings(browser: &Client) {
+    for checkbox in browser.find_all(Locator::Css("#warnings input[type=checkbox]")).await.expect("warnings") {
+        checkbox.click().await.expect("tick");
+    }
+}
+
+/// Logs a key holder in with its username and password.
+async fn key_login(holder: &KeyHolder, platform: &MadeRun, username: &str, password: &str, shot: &str) {
+    let browser = &holder.browser;
+    browser.goto(&platform.secure_url("/login")).await.expect("login page");
+    assert!(text_of(browser, "#certificate-status").await.contains("已检测到密钥"), "the certificate came over TLS");
+    fill(browser, "username", username).await;
+    fill(browser, "password", password).await;
+    screenshot(browser, shot).await;
+    element(browser, Locator::Id("login")).await.click().await.expect("log in");
+    element(browser, Locator::Id("role")).await;
+}
+
+/// A fresh `make run` (scripts/run.sh with the built binary), on ports, databases, a NATS namespace and a Redis
+/// prefix of its own, so it runs beside anything else; stopped (with the platform it started) when dropped.
+struct MadeRun {
+    script: std::process::Child,
+    http_port: u16,
+    https_port: u16,
+    run_dir: tempfile::TempDir,
+    _databases: Vec<kit::testing::TestDatabase>,
+}
+
+impl Drop for MadeRun {
+    fn drop(&mut self) {
+        // The script's trap stops the platform on TERM.
+        let _ = Command::new("kill").arg("-TERM").arg(self.script.id().to_string()).status();
+        let _ = self.script.wait();
+    }
+}
+
+impl MadeRun {
+    async fn start() -> Self {
+        let run_dir = tempfile::tempdir().expect("run folder");
+        let (http_port, https_port, population_port) = (free_port(), free_port(), free_port());
+        let namespace = format!("t_{}", kit::testing::unique_suffix());
+        let mut command = Command::new("scripts/run.sh");
+        command
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("PENSION_BIN", env!("CARGO_BIN_EXE_pension"))
+            .env("PENSION_RUN_DIR", run_dir.path())
+            .env("PENSION_HTTP_PORT", http_port.to_string())
+            .env("PENSION_HTTPS_PORT", https_port.to_string())
+            .env("PENSION__GATEWAY__GRPC_ADDR", "127.0.0.1:0")
+            .env("PENSION__NATS__URL", kit::testing::shared_nats_url())
+            .env("PENSION__NATS__NAMESPACE", &namespace)
+            .env("PENSION__REDIS__URL", kit::testing::shared_redis_url())
+            .env("PENSION__REDIS__KEY_PREFIX", format!("{namespace}:"))
+            .env("PENSION__POPULATION__ADDR", format!("127.0.0.1:{population_port}"))
+            .env("PENSION__PERSONNEL__POPULATION_REGISTRY_URL", format!("http://127.0.0.1:{population_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut databases = Vec::new();
+        for service in ["identity", "units", "personnel", "printing", "population"] {
+            let database = kit::testing::TestDatabase::create().await;
+            let upper = service.to_uppercase();
+            command.env(format!("PENSION__{upper}__DATABASE__URL"), &database.url);
+            if service != "population" {
+                command.env(format!("PENSION__{upper}__GRPC_ADDR"), "127.0.0.1:0");
+            }
+            databases.push(database);
+        }
+        let script = command.spawn().expect("scripts/run.sh starts");
+        let made = Self { script, http_port, https_port, run_dir, _databases: databases };
+        // Ready once the demo accounts are written and the logged-in port answers.
+        eventually(Duration::from_secs(120), "make run is up with its demo accounts", || async {
+            made.run_dir.path().join("demo.json").exists()
+                && tokio::net::TcpStream::connect(("127.0.0.1", made.https_port)).await.is_ok()
+        })
+        .await;
+        made
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    fn secure_url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.https_port)
+    }
+
+    /// A demo account of `.run/demo.json`: username, password, PKCS#12 and its password.
+    fn account(&self, role: &str) -> (String, String, Vec<u8>, String) {
+        let demo: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.run_dir.path().join("demo.json")).expect("demo.json"))
+                .expect("json");
+        let account = demo["accounts"]
+            .as_array()
+            .expect("accounts")
+            .iter()
+            .find(|account| account["role"] == role)
+            .expect(role)
+            .clone();
+        let text = |key: &str| account[key].as_str().expect(key).to_owned();
+        let p12 = std::fs::read(text("pkcs12")).expect("pkcs12");
+        (text("username"), text("password"), p12, text("pkcs12_password"))
+    }
+}
+
+/// The whole journey in the pages of a fresh `make run`, over real mutual TLS: Chromium presents each clerk's
+/// certificate from its NSS database. Apply for a key → the CA operator makes it → the unit logs in with it → unit
+/// record → a staff member → a retiree → declare → print → the reviewer rejects → the unit fixes and declares again
+/// → the reviewer approves. A screenshot of each page is kept under `.artifacts/browser/`.
+#[tokio::test]
+async fn the_whole_journey_over_mutual_tls_on_a_fresh_make_run() {
+    use base64::Engine as _;
+    let platform = MadeRun::start().await;
+    let ca = platform.run_dir.path().join("ca/ca.crt");
+
+    // The unit applies on the public pages.
+    let driver = start_chromedriver().await;
+    let profile = tempfile::tempdir().expect("profile folder");
+    let public = open_browser(&driver, profile.path()).await;
+    public.goto(&platform.url("/keys/apply")).await.expect("apply page");
+    element(&public, Locator::Css("#unit_type option[value='机关']")).await.click().await.expect("select");
+    fill(&public, "unit_name", "双鸭山市教育局").await;
+    element(&public, Locator::Id("verify")).await.click().await.expect("校验");
+    fill(&public, "applicant_name", "李娜").await;
+    fill(&public, "applicant_id_number", "230502199002152344").await;
+    fill(&public, "phone", "13904691234").await;
+    fill(&public, "password", "Edu2026pass").await;
+    fill(&public, "password_confirm", "Edu2026pass").await;
+    element(&public, Locator::Id("submit")).await.click().await.expect("apply");
+    let application_id = text_of(&public, "#application-id").await;
+    let username = text_of(&public, "#username").await;
+    screenshot(&public, "41-journey-applied").await;
+    public.close().await.expect("close");
+
+    // The CA operator, with its own key, makes the unit's key and hands over the PKCS#12.
+    let (operator, operator_password, operator_p12, operator_p12_password) = platform.account("ca_operator");
+    let ca_desk = KeyHolder::open(&ca, &operator_p12, &operator_p12_password).await;
+    key_login(&ca_desk, &platform, &operator, &operator_password, "42-journey-ca-login").await;
+    let desk = &ca_desk.browser;
+    element(desk, Locator::LinkText("证书制作")).await.click().await.expect("CA page");
+    element(desk, Locator::Id(&format!("make-{application_id}"))).await.click().await.expect("make");
+    assert_eq!(text_of(desk, "#issued-username").await, username);
+    screenshot(desk, "43-journey-key-made").await;
+    let href = element(desk, Locator::Id("download-p12")).await.attr("href").await.expect("href").expect("data url");
+    let p12 = base64::engine::general_purpose::STANDARD
+        .decode(href.trim_start_matches("data:application/x-pkcs12;base64,"))
+        .expect("base64");
+    let p12_password = text_of(desk, "#p12-password").await;
+
+    // The unit logs in with the key it was handed, keeps its record and registers its people.
+    let unit = KeyHolder::open(&ca, &p12, &p12_password).await;
+    key_login(&unit, &platform, &username, "Edu2026pass", "44-journey-unit-login").await;
+    let browser = &unit.browser;
+    let mut heading = String::new();
+    for _ in 0..40 {
+        browser.goto(&platform.secure_url("/unit")).await.expect("unit page");
+        heading = text_of(browser, "h1").await;
+        if heading.contains("参保单位确认信息") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(heading.contains("参保单位确认信息"), "{heading}");
+    for (id, value) in [
+        ("region_code", "230502"),
+        ("legal_representative", "王建国"),
+        ("address", "双鸭山市尖山区新兴大街88号"),
+        ("post_code", "155100"),
+        ("contact_name", "李娜"),
+        ("contact_phone", "0469-4221234"),
+        ("clerk_name", "李娜"),
+        ("clerk_phone", "13904691234"),
+        ("bank_name", "中国工商银行双鸭山分行"),
+        ("bank_account_name", "双鸭山市教育局"),
+        ("bank_account", "0907021009000054321"),
+    ] {
+        fill(browser, id, value).await;
+    }
+    choose(browser, "subordination", "市").await;
+    choose(browser, "funding_source", "全额拨款").await;
+    element(browser, Locator::Id("save-unit")).await.click().await.expect("save");
+    if browser.find(Locator::Id("warnings")).await.is_ok() {
+        accept_warnings(browser).await;
+        element(browser, Locator::Id("save-unit")).await.click().await.expect("save");
+    }
+    wait_for_text(browser, "#unit-saved", "单位信息已保存").await;
+    screenshot(browser, "45-journey-unit-record").await;
+
+    browser.goto(&platform.secure_url("/persons/new?kind=staff")).await.expect("staff form");
+    fill(browser, "name", "孙丽").await;
+    fill(browser, "id_number", "230502198603151326").await;
+    set_date(browser, "work_start", "2002-07-01").await;
+    set_date(browser, "joined_unit", "2010-03-01").await;
+    choose(browser, "funding_form", "全额拨款").await;
+    choose(browser, "personnel_status", "公务员").await;
+    choose(browser, "establishment", "编制内").await;
+    element(browser, Locator::Id("check")).await.click().await.expect("校验");
+    wait_for_text(browser, "#check-ok", "校验").await;
+    accept_warnings(browser).await;
+    element(browser, Locator::Id("save")).await.click().await.expect("保存");
+    wait_for_text(browser, "#done", "已保存：孙丽").await;
+    screenshot(browser, "46-journey-staff").await;
+
+    browser.goto(&platform.secure_url("/persons/new?kind=retiree_pre_reform")).await.expect("retiree form");
+    fill(browser, "name", "胡建国").await;
+    fill(browser, "id_number", "230502195506201519").await;
+    set_date(browser, "work_start", "1975-08-01").await;
+    set_date(browser, "retirement_date", "2014-09-30").await;
+    choose(browser, "funding_form", "全额拨款").await;
+    choose(browser, "personnel_status", "工勤技能人员").await;
+    choose(browser, "establishment", "编制内").await;
+    choose(browser, "retirement_category", "正常退休").await;
+    fill(browser, "monthly_pension", "3200.00").await;
+    fill(browser, "pay_start_month", "2014-10").await;
+    fill(browser, "pay_bank", "中国农业银行").await;
+    fill(browser, "pay_account", "6228480123456789012").await;
+    element(browser, Locator::Id("check")).await.click().await.expect("校验");
+    wait_for_text(browser, "#check-ok", "校验").await;
+    accept_warnings(browser).await;
+    screenshot(browser, "47-journey-retiree-checked").await;
+    element(browser, Locator::Id("save")).await.click().await.expect("保存");
+    wait_for_text(browser, "#done", "已保存：胡建国").await;
+
+    // Declare, and print.
+    element(browser, Locator::LinkText("参保登记申报")).await.click().await.expect("declaration page");
+    element(browser, Locator::Id("declare")).await.click().await.expect("确认申报");
+    element(browser, Locator::Id("declare-yes")).await.click().await.expect("confirm");
+    wait_for_text(browser, "#done", "已申报").await;
+    for _ in 0..60 {
+        if browser.find(Locator::Id("documents")).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        browser.refresh().await.expect("refresh");
+    }
+    assert!(text_of(browser, "#documents").await.contains("2014年10月1日前退休人员参保登记花名册"));
+    screenshot(browser, "48-journey-print").await;
+
+    // The agency's reviewer, with its own key, rejects it.
+    assert!(text_of(browser, "#who").await.contains("双鸭山市教育局"));
+    let (reviewer, reviewer_password, reviewer_p12, reviewer_p12_password) = platform.account("agency_reviewer");
+    let review_desk = KeyHolder::open(&ca, &reviewer_p12, &reviewer_p12_password).await;
+    key_login(&review_desk, &platform, &reviewer, &reviewer_password, "49-journey-reviewer-login").await;
+    let desk = &review_desk.browser;
+    element(desk, Locator::Id("review-card")).await.click().await.expect("queue");
+    element(desk, Locator::LinkText("查看")).await.click().await.expect("open");
+    element(desk, Locator::Id("claim")).await.click().await.expect("claim");
+    wait_for_text(desk, "#done", "已认领").await;
+    fill(desk, "reason", "胡建国的离退休类别需附审批材料，请核实").await;
+    screenshot(desk, "50-journey-review").await;
+    element(desk, Locator::Id("reject")).await.click().await.expect("reject");
+    wait_for_text(desk, "#done", "已退回").await;
+
+    // The unit sees why, fixes the person and declares again.
+    element(browser, Locator::LinkText("参保登记申报")).await.click().await.expect("declaration page");
+    assert_eq!(text_of(browser, "#rejection-reason").await, "胡建国的离退休类别需附审批材料，请核实");
+    screenshot(browser, "51-journey-rejected").await;
+    browser.goto(&platform.secure_url("/persons?kind=retiree_pre_reform")).await.expect("retirees");
+    element(browser, Locator::LinkText("修改")).await.click().await.expect("edit");
+    fill(browser, "address", "双鸭山市尖山区七星大街12号").await;
+    // The account is shown masked and typed again on every edit.
+    fill(browser, "pay_account", "6228480123456789012").await;
+    element(browser, Locator::Id("check")).await.click().await.expect("校验");
+    wait_for_text(browser, "#check-ok", "校验").await;
+    accept_warnings(browser).await;
+    element(browser, Locator::Id("save")).await.click().await.expect("保存");
+    wait_for_text(browser, "#done", "已保存：胡建国").await;
+    element(browser, Locator::LinkText("参保登记申报")).await.click().await.expect("declaration page");
+    element(browser, Locator::Id("declare")).await.click().await.expect("确认申报");
+    element(browser, Locator::Id("declare-yes")).await.click().await.expect("confirm");
+    wait_for_text(browser, "#done", "已申报").await;
+
+    // The reviewer sees what changed, and approves.
+    element(desk, Locator::LinkText("申报审核")).await.click().await.expect("queue");
+    element(desk, Locator::LinkText("查看")).await.click().await.expect("open");
+    element(desk, Locator::Id("claim")).await.click().await.expect("claim");
+    wait_for_text(desk, "#done", "已认领").await;
+    assert!(text_of(desk, "#roster-changes").await.contains("胡建国"));
+    element(desk, Locator::Id("approve")).await.click().await.expect("approve");
+    wait_for_text(desk, "#done", "已审核通过").await;
+    screenshot(desk, "52-journey-approved").await;
+
+    element(browser, Locator::LinkText("参保登记申报")).await.click().await.expect("declaration page");
+    wait_for_text(browser, "#declaration-state", "审核通过").await;
+    assert_eq!(text_of(browser, "#unit-number").await.len(), 12);
+    screenshot(browser, "53-journey-unit-approved").await;
+
+    for holder in [unit, review_desk, ca_desk] {
+        holder.browser.clone().close().await.expect("close");
+    }
+}
