@@ -1,6 +1,6 @@
-//! The key journey in a real headless Chromium, driven through chromedriver: 校验 with a mistyped name, picking
-//! the offered registry name, a bad ID number shown at its field, the fix, the application id and username, then
-//! the withdrawal. A screenshot of every page is kept under `.artifacts/browser/`.
+//! The journeys in a real headless Chromium, driven through chromedriver: the key application, the CA operator's
+//! work and login, the unit record and people, declaring and the review, and the whole journey on a fresh
+//! `make run` over real mutual TLS. A screenshot of every page is kept under `.artifacts/browser/`.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
