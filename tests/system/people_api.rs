@@ -102,6 +102,7 @@ async fn the_unit_keeps_its_record_with_errors_at_fields_and_warnings_accepted()
         (StatusCode::OK, Some("录入中"), Some("10"))
     );
     assert_eq!(draft["complete"], false);
+    assert_eq!(draft["agency_name"], "双鸭山市社会保险事业中心", "from identity's first-login event");
 
     let mut bad = unit_record();
     bad["post_code"] = json!("15510");

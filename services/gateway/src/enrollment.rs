@@ -126,7 +126,7 @@ pub fn unit_json(record: &UnitRecord) -> serde_json::Value {
     serde_json::json!({
         "institution_code": record.institution_code, "unit_name": record.unit_name, "credit_code": record.credit_code,
         "registry_unit_type": record.unit_type, "unit_type": record.unit_type_code, "org_code": record.org_code,
-        "region_code": record.region_code, "agency_code": record.agency_code, "subordination": record.subordination,
+        "region_code": record.region_code, "agency_code": record.agency_code, "agency_name": record.agency_name, "subordination": record.subordination,
         "funding_source": record.funding_source, "legal_representative": record.legal_representative,
         "legal_representative_id_number_masked": record.legal_representative_id_number_masked,
         "address": record.address, "post_code": record.post_code, "contact_name": record.contact_name,

@@ -159,7 +159,7 @@ impl Documents {
             declaration_id: declaration_id.to_string(),
             declared_on: beijing_date(declared_at),
             unit: declaration.unit_snapshot.clone().unwrap_or_default(),
-            agency_name: String::new(),
+            agency_name: declaration.unit_snapshot.as_ref().map(|unit| unit.agency_name.clone()).unwrap_or_default(),
             persons: roster.persons,
             codes,
             verify_url: format!("{}/{declaration_id}/{digest}", self.verify_url.trim_end_matches('/')),

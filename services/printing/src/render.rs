@@ -11,9 +11,6 @@ use typst_as_lib::{TypstEngine, TypstTemplateMainFile};
 
 static TEMPLATE: &str = include_str!("../templates/forms.typ");
 
-/// Rows of a roster per page: few enough that a page never overflows, so each page's total is known here.
-pub const ROWS_PER_PAGE: usize = 25;
-
 /// What the forms print: the declaration, the unit record and the people as declared, and the code lists to name
 /// the codes with.
 #[derive(Debug, Clone, Default)]
@@ -183,18 +180,7 @@ fn form(snapshot: &Snapshot, kind: &str, title: &str) -> serde_json::Value {
             row
         })
         .collect();
-    let pages: Vec<Vec<Vec<String>>> = rows.chunks(ROWS_PER_PAGE).map(<[Vec<String>]>::to_vec).collect();
-    let running: Vec<usize> = pages
-        .iter()
-        .scan(0, |total, page| {
-            *total += page.len();
-            Some(*total)
-        })
-        .collect();
-    serde_json::json!({
-        "kind": kind, "title": title, "columns": columns, "widths": widths, "pages": pages, "running": running,
-        "total": rows.len(),
-    })
+    serde_json::json!({ "kind": kind, "title": title, "columns": columns, "widths": widths, "rows": rows })
 }
 
 /// The unit form's rows: label, value, and how many columns the value spans (1 or 3).
@@ -233,4 +219,58 @@ fn unit_fields(snapshot: &Snapshot) -> Vec<(String, String, u8)> {
         ("工勤编制数".into(), posts(unit.logistics_posts), 1),
         ("申报日期".into(), snapshot.declared_on.clone(), 1),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn renderer() -> Renderer {
+        let files = ["NotoSansCJK-Regular.ttc".to_owned(), "NotoSansCJK-Bold.ttc".to_owned()];
+        Renderer::new(Path::new("/usr/share/fonts/opentype/noto"), &files, "Noto Sans CJK SC").expect("fonts")
+    }
+
+    fn text_of(pdf: &[u8]) -> String {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(file.path(), pdf).expect("write");
+        let output = std::process::Command::new("pdftotext").arg(file.path()).arg("-").output().expect("pdftotext");
+        String::from_utf8(output.stdout).expect("utf-8").chars().filter(|c| !c.is_whitespace()).collect()
+    }
+
+    /// The numbers that follow `prefix` and precede 人, in order.
+    fn counts(text: &str, prefix: &str) -> Vec<usize> {
+        text.match_indices(prefix)
+            .filter_map(|(at, _)| {
+                let rest = &text[at + prefix.len()..];
+                rest.split('人').next().and_then(|number| number.parse().ok())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_roster_page_totals_its_own_rows_however_tall_they_are() {
+        // Long names wrap and make rows of two or three lines: pages hold fewer rows, and still add up.
+        let persons: Vec<Person> = (0..60)
+            .map(|n| Person {
+                kind: "staff".into(),
+                name: if n % 3 == 0 {
+                    "阿卜杜热合曼·买买提艾力·吐尔逊".into()
+                } else {
+                    "李娜".into()
+                },
+                id_number: format!("23050219900215{n:04}"),
+                ..Person::default()
+            })
+            .collect();
+        let snapshot = Snapshot { persons, verify_url: "http://127.0.0.1/verify/x/y".into(), ..Snapshot::default() };
+        let rendered = renderer().render(&snapshot, &["staff_roster"]).expect("renders");
+        let text = text_of(&rendered.pdf);
+        let per_page = counts(&text, "本页");
+        assert_eq!(per_page.len(), rendered.pages, "a total on every page: {text}");
+        assert_eq!(per_page.iter().sum::<usize>(), 60);
+        let running = counts(&text, "累计");
+        assert_eq!(running.last(), Some(&60));
+        assert!(running.windows(2).all(|pair| pair[0] < pair[1]));
+        assert!(counts(&text, "合计").iter().all(|total| *total == 60));
+    }
 }

@@ -16,7 +16,8 @@ pub fn first_login_consumer(namespace: &Namespace) -> ConsumerSpec {
     )
 }
 
-/// Creates the draft record; a record that exists already (a second key of the same unit) is left as it is.
+/// Creates the draft record; a record that exists already (a second key of the same unit) is left as it is, but for
+/// the agency's name where an earlier version did not keep it.
 #[derive(Debug)]
 pub struct FirstLogin;
 
@@ -31,9 +32,10 @@ impl Handler for FirstLogin {
         kit::db::set_scope(transaction, &kit::db::Scope::All).await?;
         sqlx::query(
             "insert into units (institution_code, unit_name, credit_code, unit_type, region_code, agency_code, \
-             created_by_event, unit_type_code) values ($1, $2, $3, $4, $5, $6, $7, \
-             (select code from code_lists where list = 'unit_type' and label = $4 limit 1)) \
-             on conflict (institution_code) do nothing",
+             created_by_event, unit_type_code, agency_name) values ($1, $2, $3, $4, $5, $6, $7, \
+             (select code from code_lists where list = 'unit_type' and label = $4 limit 1), $8) \
+             on conflict (institution_code) do update set agency_name = excluded.agency_name \
+             where units.agency_name = ''",
         )
         .bind(&login.institution_code)
         .bind(&login.unit_name)
@@ -42,6 +44,7 @@ impl Handler for FirstLogin {
         .bind(&login.region_code)
         .bind(&login.agency_code)
         .bind(&event.id)
+        .bind(&login.agency_name)
         .execute(&mut *transaction)
         .await?;
         Ok(())

@@ -67,6 +67,7 @@ impl UnitCodes {
 struct UnitRow {
     institution_code: String,
     unit_number: Option<String>,
+    agency_name: String,
     unit_name: String,
     credit_code: String,
     unit_type: String,
@@ -167,6 +168,7 @@ impl UnitRow {
             accepted_warnings,
             updated_at: self.updated_at.map(timestamp),
             unit_number: self.unit_number.unwrap_or_default(),
+            agency_name: self.agency_name,
         })
     }
 }

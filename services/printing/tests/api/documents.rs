@@ -72,6 +72,7 @@ async fn the_forms_print_the_declared_snapshot_field_by_field() {
         record.bank_account.as_str(),
         record.legal_representative.as_str(),
         "机关",
+        "双鸭山市社会保险事业中心",
         "全额拨款",
         "市",
         "35",

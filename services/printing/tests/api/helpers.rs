@@ -103,8 +103,8 @@ impl TestPlatform {
     pub async fn declared_unit(&self, unit: &str) -> proto::units::Declaration {
         sqlx::query(
             "insert into units (institution_code, unit_name, credit_code, unit_type, region_code, agency_code, \
-             created_by_event, unit_type_code) values ($1, '双鸭山市财政局', '11230500MB0000010M', '机关', '230500', $2, \
-             'test', '10')",
+             created_by_event, unit_type_code, agency_name) values ($1, '双鸭山市财政局', '11230500MB0000010M', '机关', \
+             '230500', $2, 'test', '10', '双鸭山市社会保险事业中心')",
         )
         .bind(unit)
         .bind(AGENCY)
