@@ -9,6 +9,7 @@
 
 pub mod check;
 mod codes;
+mod conflicts;
 mod events;
 mod people;
 pub mod population;
@@ -25,6 +26,10 @@ use proto::personnel::{
     CheckPersonRequest, CheckReply, Code, CodeList, CreatePersonRequest, DeletePersonReply, DeletePersonRequest,
     GetPersonRequest, ListCodesReply, ListCodesRequest, ListPersonsReply, ListPersonsRequest, Person, PersonReply,
     UpdatePersonRequest,
+};
+use proto::personnel::{
+    EndRegistrationRequest, GetPersonHistoryRequest, ListRegistrationConflictsReply, ListRegistrationConflictsRequest,
+    PersonHistory, RegistrationConflict,
 };
 use proto::personnel::{
     FreezeRosterRequest, GetRosterSnapshotRequest, ReleaseRosterReply, ReleaseRosterRequest, RosterSnapshot,
@@ -88,7 +93,7 @@ pub async fn build(config: &Config, platform: &Platform, serve_admin: bool) -> a
     let sealer = kit::sealing::Sealer::from_config(&config.sealing, "personnel")?;
     let codes = codes::CodeLists::load(&runtime.pool).await?;
     let registry = population::Registry::new(&config.population_registry_url, config.population_timeout)?;
-    let people = People { pool: runtime.pool.clone(), sealer, codes, registry };
+    let people = People { pool: runtime.pool.clone(), namespace: platform.namespace.clone(), sealer, codes, registry };
     let api =
         PersonnelApi { runtime: runtime.clone(), people: Arc::new(people.clone()), faults: config.faults.clone() };
     let consumer = events::first_login_consumer(&platform.namespace);
@@ -231,6 +236,33 @@ impl Personnel for PersonnelApi {
             .snapshot(&caller, &request.declaration_id, &request.compare_to, request.summary_only)
             .await
             .map(Response::new)
+    }
+
+    async fn list_registration_conflicts(
+        &self,
+        request: Request<ListRegistrationConflictsRequest>,
+    ) -> Result<Response<ListRegistrationConflictsReply>, Status> {
+        let caller = request.into_inner().caller.unwrap_or_default();
+        let conflicts = self.people.conflicts(&caller).await?;
+        Ok(Response::new(ListRegistrationConflictsReply { conflicts }))
+    }
+
+    async fn end_registration(
+        &self,
+        request: Request<EndRegistrationRequest>,
+    ) -> Result<Response<RegistrationConflict>, Status> {
+        let request = request.into_inner();
+        let caller = request.caller.unwrap_or_default();
+        self.people.end_registration(&caller, &request.conflict_id, &request.reason).await.map(Response::new)
+    }
+
+    async fn get_person_history(
+        &self,
+        request: Request<GetPersonHistoryRequest>,
+    ) -> Result<Response<PersonHistory>, Status> {
+        let request = request.into_inner();
+        let caller = request.caller.unwrap_or_default();
+        self.people.history(&caller, &request.person_id).await.map(Response::new)
     }
 
     async fn rotate_data_key(

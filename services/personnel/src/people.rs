@@ -35,6 +35,8 @@ macro_rules! person_columns {
 #[derive(Debug, Clone)]
 pub struct People {
     pub pool: PgPool,
+    /// Where this service's events go.
+    pub namespace: proto::names::Namespace,
     pub sealer: Sealer,
     pub codes: CodeLists,
     pub registry: Registry,
@@ -167,7 +169,7 @@ impl People {
         let mut answer = Answer::Pending;
         if let Some(values) = &checked.values {
             let index = self.sealer.index(&values.id_type, &values.id_number);
-            if let Some(conflict) = self.registration_conflict(&index, unit, editing).await? {
+            if let Some(conflict) = self.registration_conflict(values, &index, unit, editing).await? {
                 checked.errors.push(conflict);
             }
             if values.id_type == "01" {
@@ -205,6 +207,7 @@ impl People {
     /// agency to contact. `active_registration` sees past row-level security and tells nothing more.
     async fn registration_conflict(
         &self,
+        values: &Values,
         index: &[u8],
         unit: &str,
         editing: Option<uuid::Uuid>,
@@ -217,6 +220,17 @@ impl People {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(kit::db::status)?;
+        if found.as_ref().is_some_and(|(in_caller_unit, _, _)| !in_caller_unit) {
+            // The holding agency's reviewer sees it and can end a stale registration (`conflicts::end`).
+            sqlx::query("select record_registration_conflict($1, $2, $3, $4)")
+                .bind(index)
+                .bind(unit)
+                .bind(&values.id_number_masked)
+                .bind(&values.name)
+                .execute(&self.pool)
+                .await
+                .map_err(kit::db::status)?;
+        }
         Ok(found.map(|(in_caller_unit, agency_code, agency_name)| {
             if in_caller_unit {
                 return Finding {
@@ -241,7 +255,7 @@ impl People {
     /// The refusal of a save that lost the race for a person to another save.
     async fn registration_taken(&self, values: &Values, unit: &str, editing: Option<uuid::Uuid>) -> Status {
         let index = self.sealer.index(&values.id_type, &values.id_number);
-        match self.registration_conflict(&index, unit, editing).await {
+        match self.registration_conflict(values, &index, unit, editing).await {
             Ok(Some(finding)) => invalid(vec![Violation::new(&finding.field, &finding.code, &finding.message)]),
             Ok(None) => refuse(Code::Aborted, "conflict", "同一人员正被同时保存，请重试"),
             Err(status) => status,
@@ -384,6 +398,19 @@ impl People {
                 self.audit_refusal(&actor, action, &object, &status).await;
                 return Err(status);
             }
+        }
+        if !editing {
+            sqlx::query(
+                "insert into person_history (id_number_hmac, person_id, institution_code, event, actor) \
+                 values ($1, $2, $3, 'registered', $4)",
+            )
+            .bind(self.sealer.index(&values.id_type, &values.id_number))
+            .bind(person_id)
+            .bind(&unit)
+            .bind(&actor.name)
+            .execute(&mut *transaction)
+            .await
+            .map_err(kit::db::status)?;
         }
         let object = format!("person:{person_id}");
         let record = audit::Record {
