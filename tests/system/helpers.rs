@@ -182,13 +182,18 @@ impl TestPlatform {
 
     /// A unit (双鸭山市财政局) whose key the CA made as a software key: its username, password and certificate.
     pub async fn unit_with_key(&self) -> Credentials {
+        self.unit_with_key_named("双鸭山市财政局").await
+    }
+
+    /// A unit of the demo registry (of type 机关) whose key the CA made as a software key.
+    pub async fn unit_with_key_named(&self, unit_name: &str) -> Credentials {
         use proto::identity::{ApplyForKeyRequest, IssueCertificateRequest};
         let mut identity = self.identity();
         let application = identity
             .apply_for_key(ApplyForKeyRequest {
                 category: "机关事业养老保险密钥注册".into(),
                 unit_type: "机关".into(),
-                unit_name: "双鸭山市财政局".into(),
+                unit_name: unit_name.into(),
                 applicant_name: "张伟".into(),
                 applicant_id_number: "230502198001011238".into(),
                 phone: "13804691234".into(),

@@ -193,6 +193,9 @@ async fn the_openapi_document_names_every_operation() {
         "downloadDocument",
         "downloadBundle",
         "verifyDocument",
+        "listRegistrationConflicts",
+        "endRegistration",
+        "getPersonHistory",
     ] {
         assert!(operations.contains(&expected), "{expected} in {operations:?}");
     }

@@ -388,3 +388,68 @@ async fn a_declaration_is_declared_withdrawn_rejected_and_approved_over_the_api(
     assert_eq!(refused["unit_name"], "", "a mismatch names nothing");
     platform.stop().await;
 }
+
+#[tokio::test]
+async fn the_holding_agency_ends_a_stale_registration_over_the_api() {
+    let (platform, old_unit) = signed_in_unit().await;
+    let new_credentials = platform.unit_with_key_named("尖山区人民政府办公室").await;
+    let new_unit = Operator::sign_in(&platform, &new_credentials).await;
+    eventually(Duration::from_secs(20), "the new unit's draft record", || async {
+        new_unit.call(reqwest::Method::GET, platform.secure_url("/api/my-unit"), None).await.0 == StatusCode::OK
+    })
+    .await;
+    let person = json!({
+        "kind": "staff", "name": "李娜", "id_type": "01", "id_number": "230502199002152344",
+        "funding_form": "全额拨款", "work_start": "2012-07-01", "joined_unit": "2015-03-01",
+        "personnel_status": "公务员", "establishment": "编制内"
+    });
+    let (status, _) =
+        old_unit.call(reqwest::Method::POST, platform.secure_url("/api/persons"), Some(person.clone())).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, refused) =
+        new_unit.call(reqwest::Method::POST, platform.secure_url("/api/persons"), Some(person.clone())).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(fields(&refused), [("id_number".to_owned(), "insured_elsewhere".to_owned())]);
+    assert!(
+        refused["message"].as_str().is_some_and(|message| message.contains("双鸭山市社会保险事业中心")),
+        "{refused}"
+    );
+
+    let reviewer_account = platform.staff("agency_reviewer", "reviewer.conflicts", "230500").await;
+    let reviewer = Operator::sign_in(&platform, &reviewer_account).await;
+    let (status, listed) =
+        reviewer.call(reqwest::Method::GET, platform.secure_url("/api/registration-conflicts"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let conflict = listed["conflicts"][0].clone();
+    assert_eq!(conflict["id_number_masked"], "230502********2344");
+    let (status, _) =
+        new_unit.call(reqwest::Method::GET, platform.secure_url("/api/registration-conflicts"), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "units do not settle conflicts");
+    let page = reviewer
+        .client
+        .get(platform.secure_url("/review/conflicts"))
+        .header("cookie", &reviewer.cookie)
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    assert!(page.contains("230502********2344") && page.contains("终止原登记") && !page.contains("230502199002152344"));
+    let end = platform
+        .secure_url(&format!("/api/registration-conflicts/{}/end", conflict["conflict_id"].as_str().expect("id")));
+    let (status, ended) = reviewer.call(reqwest::Method::POST, end, Some(json!({ "reason": "已调往尖山区" }))).await;
+    assert_eq!((status, ended["resolution"].as_str()), (StatusCode::OK, Some("ended")), "{ended}");
+
+    let (status, created) =
+        new_unit.call(reqwest::Method::POST, platform.secure_url("/api/persons"), Some(person)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let new_id = created["person"]["person_id"].as_str().expect("id");
+    let (status, history) =
+        reviewer.call(reqwest::Method::GET, platform.secure_url(&format!("/api/persons/{new_id}/history")), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let events: Vec<&str> =
+        history["entries"].as_array().expect("entries").iter().filter_map(|entry| entry["event"].as_str()).collect();
+    assert_eq!(events, ["registered", "ended", "registered"]);
+    platform.stop().await;
+}

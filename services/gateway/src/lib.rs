@@ -9,6 +9,7 @@
 mod api;
 mod auth;
 mod bridge;
+mod conflicts;
 mod declarations;
 mod enrollment;
 mod error;

@@ -53,6 +53,7 @@ impl Pages {
             ("review.html", include_str!("../templates/review.html")),
             ("print.html", include_str!("../templates/print.html")),
             ("verify.html", include_str!("../templates/verify.html")),
+            ("conflicts.html", include_str!("../templates/conflicts.html")),
         ] {
             // The templates are part of the binary and covered by tests, so a syntax error is a build defect.
             if let Err(error) = templates.add_template(name, source) {
