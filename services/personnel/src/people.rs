@@ -541,7 +541,7 @@ impl People {
         let row: Option<PersonRow> = sqlx::query_as(concat!(
             "select ",
             person_columns!(),
-            " from persons where person_id = $1 and institution_code = $2"
+            " from persons where person_id = $1 and institution_code = $2 and ended_at is null"
         ))
         .bind(person_id)
         .bind(unit)
@@ -617,7 +617,8 @@ impl People {
         let name_filter = format!("%{}%", name.trim().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
         let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::unit(&unit)).await.map_err(kit::db::status)?;
         let total: i64 = sqlx::query_scalar(
-            "select count(*) from persons where institution_code = $1 and ($2 = '' or kind = $2) and name like $3",
+            "select count(*) from persons where institution_code = $1 and ended_at is null and ($2 = '' or kind = $2) \
+                 and name like $3",
         )
         .bind(&unit)
         .bind(kind.trim())
@@ -627,7 +628,8 @@ impl People {
         .map_err(kit::db::status)?;
         let rows: Vec<SummaryRow> = sqlx::query_as(
             "select person_id, kind, name, id_type, id_number_masked, sex, birth_date, population_status, updated_at \
-                 from persons where institution_code = $1 and ($2 = '' or kind = $2) and name like $3 \
+                 from persons where institution_code = $1 and ended_at is null and ($2 = '' or kind = $2) \
+                 and name like $3 \
                  order by updated_at desc, person_id limit $4 offset $5",
         )
         .bind(&unit)
@@ -664,7 +666,8 @@ impl People {
         let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::unit(&unit)).await.map_err(kit::db::status)?;
         self.roster_locked(&mut transaction, &unit).await?;
         let masked: Option<String> = sqlx::query_scalar(
-            "delete from persons where person_id = $1 and institution_code = $2 returning id_number_masked",
+            "delete from persons where person_id = $1 and institution_code = $2 and ended_at is null \
+             returning id_number_masked",
         )
         .bind(person_id)
         .bind(&unit)

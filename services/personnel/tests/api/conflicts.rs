@@ -92,6 +92,21 @@ async fn the_holding_agency_ends_a_stale_registration_and_the_new_unit_registers
     assert_eq!(end(reviewer("230500"), "again").await.expect_err("once").code(), Code::FailedPrecondition);
 
     let new_id = create(&personnel, NEW_UNIT).await.expect("the new unit registers the person now");
+    // The old unit's list no longer shows the person, nor can it open the ended registration.
+    let old_list = personnel
+        .client
+        .clone()
+        .list_persons(proto::personnel::ListPersonsRequest { caller: operator(OLD_UNIT), ..Default::default() })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(old_list.total, 0);
+    let opened = personnel
+        .client
+        .clone()
+        .get_person(proto::personnel::GetPersonRequest { caller: operator(OLD_UNIT), person_id: old_id.clone() })
+        .await;
+    assert_eq!(opened.expect_err("ended").code(), Code::NotFound);
     let history = personnel
         .client
         .clone()
