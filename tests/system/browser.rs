@@ -300,18 +300,7 @@ async fn the_ca_operator_makes_the_key_and_the_unit_logs_in_and_sees_its_main_pa
     let browser = open_browser(&driver, profile.path()).await;
 
     // The unit applies on the public pages.
-    browser.goto(&platform.url("/keys/apply")).await.expect("apply page");
-    element(&browser, Locator::Css("#unit_type option[value='机关']")).await.click().await.expect("select");
-    fill(&browser, "unit_name", "双鸭山市教育局").await;
-    element(&browser, Locator::Id("verify")).await.click().await.expect("click");
-    fill(&browser, "applicant_name", "李娜").await;
-    fill(&browser, "applicant_id_number", "230502199002152344").await;
-    fill(&browser, "phone", "13904691234").await;
-    fill(&browser, "password", "Edu2026pass").await;
-    fill(&browser, "password_confirm", "Edu2026pass").await;
-    element(&browser, Locator::Id("submit")).await.click().await.expect("click");
-    let application_id = text_of(&browser, "#application-id").await;
-    let username = text_of(&browser, "#username").await;
+    let (application_id, username) = apply_for_the_education_bureau(&browser, &platform.url("/keys/apply")).await;
 
     // The CA operator, holding its own certificate, logs in and makes the key.
     ingress.present(Some(&operator.certificate_pem));
@@ -488,6 +477,21 @@ async fn a_unit_keeps_its_record_and_registers_a_staff_member_through_the_pages(
 
     browser.close().await.expect("close the browser");
     platform.stop().await;
+}
+
+/// 双鸭山市教育局 applies for a key on the public pages (password Edu2026pass): its application id and username.
+async fn apply_for_the_education_bureau(browser: &Client, apply_url: &str) -> (String, String) {
+    browser.goto(apply_url).await.expect("apply page");
+    element(browser, Locator::Css("#unit_type option[value='机关']")).await.click().await.expect("select");
+    fill(browser, "unit_name", "双鸭山市教育局").await;
+    element(browser, Locator::Id("verify")).await.click().await.expect("校验");
+    fill(browser, "applicant_name", "李娜").await;
+    fill(browser, "applicant_id_number", "230502199002152344").await;
+    fill(browser, "phone", "13904691234").await;
+    fill(browser, "password", "Edu2026pass").await;
+    fill(browser, "password_confirm", "Edu2026pass").await;
+    element(browser, Locator::Id("submit")).await.click().await.expect("apply");
+    (text_of(browser, "#application-id").await, text_of(browser, "#username").await)
 }
 
 /// Logs in through the ingress with `who`'s certificate and password.
@@ -817,18 +821,7 @@ async fn the_whole_journey_over_mutual_tls_on_a_fresh_make_run() {
     let driver = start_chromedriver().await;
     let profile = tempfile::tempdir().expect("profile folder");
     let public = open_browser(&driver, profile.path()).await;
-    public.goto(&platform.url("/keys/apply")).await.expect("apply page");
-    element(&public, Locator::Css("#unit_type option[value='机关']")).await.click().await.expect("select");
-    fill(&public, "unit_name", "双鸭山市教育局").await;
-    element(&public, Locator::Id("verify")).await.click().await.expect("校验");
-    fill(&public, "applicant_name", "李娜").await;
-    fill(&public, "applicant_id_number", "230502199002152344").await;
-    fill(&public, "phone", "13904691234").await;
-    fill(&public, "password", "Edu2026pass").await;
-    fill(&public, "password_confirm", "Edu2026pass").await;
-    element(&public, Locator::Id("submit")).await.click().await.expect("apply");
-    let application_id = text_of(&public, "#application-id").await;
-    let username = text_of(&public, "#username").await;
+    let (application_id, username) = apply_for_the_education_bureau(&public, &platform.url("/keys/apply")).await;
     screenshot(&public, "41-journey-applied").await;
     public.close().await.expect("close");
 

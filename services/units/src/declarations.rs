@@ -195,6 +195,14 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
+/// The unit of a unit operator; anyone else is refused with `refusal`.
+fn operator_unit(caller: &Caller, refusal: &str) -> Result<String, Status> {
+    if caller.role != "unit_operator" || caller.institution_code.is_empty() {
+        return Err(refuse(Code::PermissionDenied, "forbidden", refusal));
+    }
+    Ok(caller.institution_code.clone())
+}
+
 fn no_declaration() -> Status {
     refuse(Code::NotFound, "declaration_not_found", "没有找到该申报")
 }
@@ -398,10 +406,7 @@ impl Declarations {
     }
 
     async fn declare_once(&self, caller: &Caller) -> Result<Declaration, Status> {
-        if caller.role != "unit_operator" || caller.institution_code.is_empty() {
-            return Err(refuse(Code::PermissionDenied, "forbidden", "只有本单位的经办员可以申报"));
-        }
-        let unit = caller.institution_code.clone();
+        let unit = operator_unit(caller, "只有本单位的经办员可以申报")?;
         let actor = Actor::of(caller);
         let pool = &self.runtime.pool;
         let mut transaction = kit::db::begin_scoped(pool, &Scope::unit(&unit)).await.map_err(kit::db::status)?;
@@ -586,10 +591,7 @@ impl Declarations {
     }
 
     async fn withdraw_once(&self, caller: &Caller) -> Result<Declaration, Status> {
-        if caller.role != "unit_operator" || caller.institution_code.is_empty() {
-            return Err(refuse(Code::PermissionDenied, "forbidden", "只有本单位的经办员可以撤回申报"));
-        }
-        let unit = caller.institution_code.clone();
+        let unit = operator_unit(caller, "只有本单位的经办员可以撤回申报")?;
         let actor = Actor::of(caller);
         let mut transaction =
             kit::db::begin_scoped(&self.runtime.pool, &Scope::unit(&unit)).await.map_err(kit::db::status)?;
