@@ -373,17 +373,7 @@ async fn a_unit_keeps_its_record_and_registers_a_staff_member_through_the_pages(
     fill(&browser, "password", &unit.password).await;
     element(&browser, Locator::Id("login")).await.click().await.expect("click");
     assert_eq!(text_of(&browser, "#role").await, "单位经办员");
-    // The draft record arrives through identity's first-login event.
-    let mut unit_page_heading = String::new();
-    for _ in 0..40 {
-        browser.goto(&ingress.url("/unit")).await.expect("unit page");
-        unit_page_heading = text_of(&browser, "h1").await;
-        if unit_page_heading.contains("参保单位确认信息") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(unit_page_heading.contains("参保单位确认信息"), "{unit_page_heading}");
+    open_unit_record(&browser, &ingress.url("/unit")).await;
 
     for (id, value) in [
         ("region_code", "230502"),
@@ -477,6 +467,20 @@ async fn a_unit_keeps_its_record_and_registers_a_staff_member_through_the_pages(
 
     browser.close().await.expect("close the browser");
     platform.stop().await;
+}
+
+/// Opens the unit record page, waiting for the draft record that identity's first-login event brings.
+async fn open_unit_record(browser: &Client, url: &str) {
+    let mut heading = String::new();
+    for _ in 0..40 {
+        browser.goto(url).await.expect("unit page");
+        heading = text_of(browser, "h1").await;
+        if heading.contains("参保单位确认信息") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("the unit record never came: {heading}");
 }
 
 /// 双鸭山市教育局 applies for a key on the public pages (password Edu2026pass): its application id and username.
@@ -844,16 +848,7 @@ async fn the_whole_journey_over_mutual_tls_on_a_fresh_make_run() {
     let unit = KeyHolder::open(&ca, &p12, &p12_password).await;
     key_login(&unit, &platform, &username, "Edu2026pass", "44-journey-unit-login").await;
     let browser = &unit.browser;
-    let mut heading = String::new();
-    for _ in 0..40 {
-        browser.goto(&platform.secure_url("/unit")).await.expect("unit page");
-        heading = text_of(browser, "h1").await;
-        if heading.contains("参保单位确认信息") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(heading.contains("参保单位确认信息"), "{heading}");
+    open_unit_record(browser, &platform.secure_url("/unit")).await;
     for (id, value) in [
         ("region_code", "230502"),
         ("legal_representative", "王建国"),

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod audit;
 pub mod config;
 pub mod consumer;
+pub mod convert;
 pub mod db;
 pub mod faults;
 pub mod grpc;

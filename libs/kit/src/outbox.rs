@@ -33,6 +33,16 @@ pub async fn enqueue(
     Ok(())
 }
 
+/// The facts every event carries: its id, now, who caused it, and the current request's trace id.
+pub fn event_meta(event_id: Uuid, actor: &str) -> proto::events::EventMeta {
+    proto::events::EventMeta {
+        event_id: event_id.to_string(),
+        occurred_at: Some(crate::convert::timestamp(time::OffsetDateTime::now_utc())),
+        actor: actor.to_owned(),
+        trace_id: crate::trace::TraceContext::current().map(|context| context.trace_id_hex()).unwrap_or_default(),
+    }
+}
+
 /// A new event id: UUID v7, so ids sort roughly by creation time and the relay publishes oldest first.
 pub fn new_event_id() -> Uuid {
     Uuid::now_v7()

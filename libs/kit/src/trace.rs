@@ -4,8 +4,6 @@
 //! and `request_id`, and run the handler inside [`TraceContext::scope`]; the NATS RPC client reads
 //! [`TraceContext::current`] and sends it on. So service code never handles trace headers itself.
 
-use std::fmt::Write as _;
-
 /// The header (and NATS header) that carries the trace context.
 pub const TRACEPARENT: &str = "traceparent";
 
@@ -50,12 +48,12 @@ impl TraceContext {
 
     /// The `traceparent` header value (sampled flag set).
     pub fn to_header(&self) -> String {
-        format!("00-{}-{}-01", hex(&self.trace_id), hex(&self.parent_id))
+        format!("00-{}-{}-01", crate::convert::hex(&self.trace_id), crate::convert::hex(&self.parent_id))
     }
 
     /// The trace id as 32 hex characters, as logged.
     pub fn trace_id_hex(&self) -> String {
-        hex(&self.trace_id)
+        crate::convert::hex(&self.trace_id)
     }
 
     /// The context of the task, if it runs inside [`TraceContext::scope`].
@@ -76,7 +74,7 @@ pub fn continue_or_start(header: Option<&str>) -> TraceContext {
 
 /// A short random id for one request, logged on every line written while handling it.
 pub fn new_request_id() -> String {
-    hex(&rand::random::<[u8; 8]>())
+    crate::convert::hex(&rand::random::<[u8; 8]>())
 }
 
 /// A tower layer for HTTP and gRPC servers: continues the caller's trace (or starts one), opens a span with
@@ -124,13 +122,6 @@ where
         let future = span.in_scope(|| self.inner.call(request));
         Box::pin(tracing::Instrument::instrument(context.scope(future), span))
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
-        let _ = write!(out, "{byte:02x}");
-        out
-    })
 }
 
 fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {

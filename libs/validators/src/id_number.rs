@@ -45,6 +45,11 @@ impl IdNumberError {
     }
 }
 
+/// A 17-digit body completed with its check character: for test and demonstration data.
+pub fn with_check_char(first17: &str) -> String {
+    format!("{first17}{}", char::from(check_char(first17.as_bytes())))
+}
+
 /// The check character for the first 17 digits.
 fn check_char(first17: &[u8]) -> u8 {
     let sum: u32 = first17.iter().zip(WEIGHTS).map(|(digit, weight)| u32::from(digit - b'0') * weight).sum();

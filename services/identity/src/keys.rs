@@ -94,9 +94,7 @@ impl ApplicationRow {
     }
 }
 
-pub fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: at.unix_timestamp(), nanos: i32::try_from(at.nanosecond()).unwrap_or(0) }
-}
+pub use kit::convert::timestamp;
 
 /// The application as pages show it, by id; a macro so `concat!` can add a locking clause at compile time.
 macro_rules! select_application {
@@ -112,12 +110,7 @@ fn not_found(application_id: &str) -> Status {
 }
 
 pub fn meta(event_id: uuid::Uuid, actor: &Actor) -> Option<EventMeta> {
-    Some(EventMeta {
-        event_id: event_id.to_string(),
-        occurred_at: Some(timestamp(OffsetDateTime::now_utc())),
-        actor: actor.name.clone(),
-        trace_id: kit::trace::TraceContext::current().map(|context| context.trace_id_hex()).unwrap_or_default(),
-    })
+    Some(kit::outbox::event_meta(event_id, &actor.name))
 }
 
 impl Keys {

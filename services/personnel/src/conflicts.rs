@@ -4,21 +4,18 @@
 //! through. Every registration and its end go into the person's history.
 
 use kit::audit::{self, Actor, Outcome};
+use kit::convert::timestamp;
 use kit::db::Scope;
 use kit::status::{Violation, invalid, refuse};
 use prost::Message as _;
 use proto::common::Caller;
-use proto::events::{EventMeta, PersonRegistrationEnded};
+use proto::events::PersonRegistrationEnded;
 use proto::personnel::{PersonHistory, PersonHistoryEntry, RegistrationConflict};
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 use tonic::{Code, Status};
 
 use crate::people::People;
-
-fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: at.unix_timestamp(), nanos: i32::try_from(at.nanosecond()).unwrap_or(0) }
-}
 
 #[derive(sqlx::FromRow)]
 struct ConflictRow {
@@ -171,12 +168,7 @@ impl People {
         .map_err(kit::db::status)?;
         let event_id = kit::outbox::new_event_id();
         let event = PersonRegistrationEnded {
-            meta: Some(EventMeta {
-                event_id: event_id.to_string(),
-                occurred_at: Some(timestamp(OffsetDateTime::now_utc())),
-                actor: actor.name.clone(),
-                trace_id: kit::trace::TraceContext::current().map(|context| context.trace_id_hex()).unwrap_or_default(),
-            }),
+            meta: Some(kit::outbox::event_meta(event_id, &actor.name)),
             person_id: row.holding_person.to_string(),
             institution_code: row.holding_unit.clone(),
             id_number_masked: masked.to_owned(),

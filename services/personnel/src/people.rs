@@ -16,6 +16,7 @@ use tonic::{Code, Status};
 use crate::check::{self, Checked, Deemed, DeemedInput, Finding, Input, Values, kind_label};
 use crate::codes::CodeLists;
 use crate::population::{Answer, Registry};
+use kit::convert::timestamp;
 use kit::db::Scope;
 use kit::idempotency::{Claim, Idempotency, Keys};
 use kit::sealing::Sealer;
@@ -116,10 +117,6 @@ pub fn reply_of(checked: &Checked) -> CheckReply {
             name: checked.normalized.3.clone(),
         }),
     }
-}
-
-fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: at.unix_timestamp(), nanos: i32::try_from(at.nanosecond()).unwrap_or(0) }
 }
 
 /// The unit a unit operator works on; other roles may read a unit they name (the province admin, "system").

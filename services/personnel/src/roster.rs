@@ -5,6 +5,7 @@
 
 use base64::Engine as _;
 use kit::audit::{self, Actor, Outcome};
+use kit::convert::{hex, timestamp};
 use kit::db::Scope;
 use kit::status::refuse;
 use prost::Message as _;
@@ -74,10 +75,6 @@ fn only_the_platform(caller: &Caller) -> Result<(), Status> {
 
 fn count(persons: &[Person], kind: &str) -> i32 {
     i32::try_from(persons.iter().filter(|person| person.kind == kind).count()).unwrap_or(i32::MAX)
-}
-
-fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: at.unix_timestamp(), nanos: i32::try_from(at.nanosecond()).unwrap_or(0) }
 }
 
 /// A field of a person: its label and how to read it.
@@ -362,8 +359,4 @@ fn summary_of(row: &SnapshotRow) -> RosterSnapshot {
         persons: Vec::new(),
         changes: Vec::new(),
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use kit::audit::{self, Actor, Outcome};
 use kit::consumer::{ConsumerSpec, Event, Handler, HandlerError};
+use kit::convert::{hex, timestamp};
 use kit::db::Scope;
 use kit::faults::Faults;
 use kit::rpc::NatsChannel;
@@ -56,14 +57,6 @@ pub struct Documents {
 /// vouches for every form of the declaration.
 pub fn snapshot_digest(unit_digest: &str, roster_digest: &str) -> String {
     hex(&Sha256::digest(format!("{unit_digest}:{roster_digest}").as_bytes()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: at.unix_timestamp(), nanos: i32::try_from(at.nanosecond()).unwrap_or(0) }
 }
 
 fn beijing_date(at: OffsetDateTime) -> String {

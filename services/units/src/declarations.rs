@@ -16,7 +16,7 @@ use kit::service::Runtime;
 use kit::status::{Violation, invalid, refuse};
 use prost::Message as _;
 use proto::common::Caller;
-use proto::events::{DeclarationChanged, EventMeta};
+use proto::events::DeclarationChanged;
 use proto::names::Namespace;
 use proto::personnel::personnel_client::PersonnelClient;
 use proto::personnel::{FreezeRosterRequest, ReleaseRosterRequest, RosterSnapshot};
@@ -26,7 +26,9 @@ use sqlx::PgConnection;
 use time::OffsetDateTime;
 use tonic::{Code, Status};
 
-use crate::records::{self, timestamp};
+use kit::convert::{hex, timestamp};
+
+use crate::records;
 
 /// What a unit or a reviewer does to a declaration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,10 +193,6 @@ struct TransitionRow {
     at: OffsetDateTime,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
 /// The unit of a unit operator; anyone else is refused with `refusal`.
 fn operator_unit(caller: &Caller, refusal: &str) -> Result<String, Status> {
     if caller.role != "unit_operator" || caller.institution_code.is_empty() {
@@ -328,14 +326,7 @@ impl Declarations {
         if matches!(to, "declared" | "withdrawn" | "claimed" | "approved" | "rejected") {
             let event_id = kit::outbox::new_event_id();
             let event = DeclarationChanged {
-                meta: Some(EventMeta {
-                    event_id: event_id.to_string(),
-                    occurred_at: Some(timestamp(OffsetDateTime::now_utc())),
-                    actor: actor.name.clone(),
-                    trace_id: kit::trace::TraceContext::current()
-                        .map(|context| context.trace_id_hex())
-                        .unwrap_or_default(),
-                }),
+                meta: Some(kit::outbox::event_meta(event_id, &actor.name)),
                 declaration_id: row.declaration_id.to_string(),
                 institution_code: row.institution_code.clone(),
                 unit_name: row.unit_name.clone(),

@@ -99,9 +99,7 @@ struct UnitRow {
     updated_at: Option<OffsetDateTime>,
 }
 
-pub fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: at.unix_timestamp(), nanos: i32::try_from(at.nanosecond()).unwrap_or(0) }
-}
+use kit::convert::timestamp;
 
 impl UnitRow {
     fn into_record(self, sealer: &Sealer) -> Result<UnitRecord, Status> {

@@ -29,11 +29,7 @@ fn reviewer(agency: &str) -> Option<Caller> {
 
 /// A valid 18-digit ID number with sequence `n`.
 fn id_number(n: u32) -> String {
-    let body = format!("2305021986{:02}{:02}{:03}", 1 + n % 12, 1 + n % 28, n % 1000);
-    let weights = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
-    let sum: u32 = body.chars().zip(weights).map(|(c, w)| c.to_digit(10).unwrap_or(0) * w).sum();
-    let check = "10X98765432".chars().nth((sum % 11) as usize).unwrap_or('0');
-    format!("{body}{check}")
+    validators::id_number::with_check_char(&format!("2305021986{:02}{:02}{:03}", 1 + n % 12, 1 + n % 28, n % 1000))
 }
 
 fn staff(name: &str, n: u32) -> PersonInput {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use kit::convert::hex;
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 use tonic::Code;
@@ -25,10 +26,6 @@ fn text_of(pdf: &[u8]) -> String {
     let output = Command::new("pdftotext").arg("-layout").arg(file.path()).arg("-").output().expect("pdftotext runs");
     assert!(output.status.success(), "pdftotext reads the PDF");
     String::from_utf8(output.stdout).expect("utf-8").chars().filter(|c| !c.is_whitespace()).collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 async fn download_kind(
