@@ -513,14 +513,12 @@ async fn log_in(browser: &Client, ingress: &crate::ingress::Ingress, who: &crate
 /// finds it in the queue, claims it and rejects it with a reason; the unit sees the reason.
 #[tokio::test]
 async fn a_unit_declares_withdraws_and_declares_again_and_sees_the_reviewers_reason() {
-    use proto::names::Service;
     let platform = crate::helpers::spawn_isolated_with(|gateway| {
         gateway.client_certificates = gateway::ClientCertificateMode::Header
     })
     .await;
     platform.load_demo_registry().await;
     let unit = platform.unit_with_key().await;
-    let institution_code = unit.username.split('-').next().expect("code").to_owned();
     let ingress = crate::ingress::Ingress::start(platform.https_port).await;
     let driver = start_chromedriver().await;
     let profile = tempfile::tempdir().expect("profile folder");
@@ -528,55 +526,7 @@ async fn a_unit_declares_withdraws_and_declares_again_and_sees_the_reviewers_rea
     log_in(&browser, &ingress, &unit).await;
 
     // The record and one person, as the pages of journey 2 leave them (tested there).
-    let caller = Some(proto::common::Caller {
-        actor: unit.username.clone(),
-        role: "unit_operator".into(),
-        institution_code: institution_code.clone(),
-        ..Default::default()
-    });
-    let mut units = proto::units::units_client::UnitsClient::new(platform.platform.channel(Service::Units));
-    let get = proto::units::GetUnitRecordRequest { caller: caller.clone(), institution_code: String::new() };
-    eventually(Duration::from_secs(20), "the unit's draft record", || {
-        let (mut units, get) = (units.clone(), get.clone());
-        async move { units.get_unit_record(get).await.is_ok() }
-    })
-    .await;
-    let agency = units.get_unit_record(get).await.expect("record").into_inner().agency_code;
-    let record = proto::units::UnitRecordInput {
-        unit_type: "机关".into(),
-        region_code: "230502".into(),
-        subordination: "市".into(),
-        funding_source: "全额拨款".into(),
-        legal_representative: "王建国".into(),
-        address: "双鸭山市尖山区新兴大街88号".into(),
-        post_code: "155100".into(),
-        contact_name: "张伟".into(),
-        contact_phone: "0469-4221234".into(),
-        clerk_name: "张伟".into(),
-        clerk_phone: "13804691234".into(),
-        bank_name: "中国工商银行双鸭山分行".into(),
-        bank_account_name: "双鸭山市财政局".into(),
-        bank_account: "0907021009000012345".into(),
-        ..Default::default()
-    };
-    let update = proto::units::UpdateUnitRecordRequest { caller: caller.clone(), record: Some(record) };
-    units.update_unit_record(update).await.expect("record saved");
-    let mut personnel =
-        proto::personnel::personnel_client::PersonnelClient::new(platform.platform.channel(Service::Personnel));
-    let person = proto::personnel::PersonInput {
-        kind: "staff".into(),
-        name: "李娜".into(),
-        id_type: "01".into(),
-        id_number: "230502199002152344".into(),
-        funding_form: "全额拨款".into(),
-        work_start: "2012-07-01".into(),
-        joined_unit: "2015-03-01".into(),
-        personnel_status: "公务员".into(),
-        establishment: "编制内".into(),
-        ..Default::default()
-    };
-    let create = proto::personnel::CreatePersonRequest { caller, person: Some(person), idempotency_key: String::new() };
-    personnel.create_person(create).await.expect("person saved");
+    let (_, agency) = record_and_staff(&platform, &unit, &[("李娜", "230502199002152344")]).await;
 
     element(&browser, Locator::LinkText("参保登记申报")).await.click().await.expect("declaration page");
     assert!(text_of(&browser, "#person-count").await.contains("1 人"));
@@ -654,6 +604,75 @@ async fn a_unit_declares_withdraws_and_declares_again_and_sees_the_reviewers_rea
 
     browser.close().await.expect("close the browser");
     platform.stop().await;
+}
+
+/// The unit record filled in and `staff` saved over NATS RPC, as the pages of journey 2 leave them (tested there),
+/// once identity's first-login event has made the draft record; returns the operator as a caller and the unit's
+/// agency.
+async fn record_and_staff(
+    platform: &crate::helpers::TestPlatform,
+    unit: &crate::helpers::Credentials,
+    staff: &[(&str, &str)],
+) -> (Option<proto::common::Caller>, String) {
+    use proto::names::Service;
+    let caller = Some(proto::common::Caller {
+        actor: unit.username.clone(),
+        role: "unit_operator".into(),
+        institution_code: unit.username.split('-').next().expect("code").to_owned(),
+        ..Default::default()
+    });
+    let mut units = proto::units::units_client::UnitsClient::new(platform.platform.channel(Service::Units));
+    let get = proto::units::GetUnitRecordRequest { caller: caller.clone(), institution_code: String::new() };
+    eventually(Duration::from_secs(20), "the unit's draft record", || {
+        let (mut units, get) = (units.clone(), get.clone());
+        async move { units.get_unit_record(get).await.is_ok() }
+    })
+    .await;
+    let agency = units.get_unit_record(get).await.expect("record").into_inner().agency_code;
+    let record = proto::units::UnitRecordInput {
+        unit_type: "机关".into(),
+        region_code: "230502".into(),
+        subordination: "市".into(),
+        funding_source: "全额拨款".into(),
+        legal_representative: "王建国".into(),
+        address: "双鸭山市尖山区新兴大街88号".into(),
+        post_code: "155100".into(),
+        contact_name: "张伟".into(),
+        contact_phone: "0469-4221234".into(),
+        clerk_name: "张伟".into(),
+        clerk_phone: "13804691234".into(),
+        bank_name: "中国工商银行双鸭山分行".into(),
+        bank_account_name: "双鸭山市财政局".into(),
+        bank_account: "0907021009000012345".into(),
+        ..Default::default()
+    };
+    let update = proto::units::UpdateUnitRecordRequest { caller: caller.clone(), record: Some(record) };
+    units.update_unit_record(update).await.expect("record saved");
+    let mut personnel =
+        proto::personnel::personnel_client::PersonnelClient::new(platform.platform.channel(Service::Personnel));
+    for (name, id_number) in staff {
+        let person = proto::personnel::PersonInput {
+            kind: "staff".into(),
+            name: (*name).into(),
+            id_type: "01".into(),
+            id_number: (*id_number).into(),
+            funding_form: "全额拨款".into(),
+            work_start: "2012-07-01".into(),
+            joined_unit: "2015-03-01".into(),
+            personnel_status: "公务员".into(),
+            establishment: "编制内".into(),
+            // The development registry may not know everyone; what it says is accepted, as a clerk would.
+            accepted_warnings: vec!["population_not_found".into(), "population_name_mismatch".into()],
+            ..Default::default()
+        };
+        let create = proto::personnel::CreatePersonRequest {
+            caller: caller.clone(),
+            person: Some(person),
+            idempotency_key: String::new(),
+        };
+        personnel.create_person(create).await.expect("person saved");
+    }
+    (caller, agency)
 }
 
 /// A browser that holds one client certificate, as a clerk's PC holds its USB key: its own chromedriver and
@@ -976,4 +995,136 @@ async fn the_whole_journey_over_mutual_tls_on_a_fresh_make_run() {
     for holder in [unit, review_desk, ca_desk] {
         holder.browser.clone().close().await.expect("close");
     }
+}
+
+#[tokio::test]
+async fn after_approval_a_unit_changes_its_roster_through_the_change_pages() {
+    use proto::names::Service;
+    let platform = crate::helpers::spawn_isolated_with(|gateway| {
+        gateway.client_certificates = gateway::ClientCertificateMode::Header
+    })
+    .await;
+    platform.load_demo_registry().await;
+    let unit = platform.unit_with_key().await;
+    let ingress = crate::ingress::Ingress::start(platform.https_port).await;
+    let driver = start_chromedriver().await;
+    let profile = tempfile::tempdir().expect("profile folder");
+    let browser = open_browser(&driver, profile.path()).await;
+    log_in(&browser, &ingress, &unit).await;
+
+    // A unit declared and approved, as the pages of the first declaration leave it (tested there).
+    let people = [("李娜", "230502199002152344"), ("张伟", "230502198001011238")];
+    let (caller, agency) = record_and_staff(&platform, &unit, &people).await;
+    let mut units = proto::units::units_client::UnitsClient::new(platform.platform.channel(Service::Units));
+    let reviewer = Some(proto::common::Caller {
+        actor: "reviewer.changes".into(),
+        role: "agency_reviewer".into(),
+        agency_code: agency.clone(),
+        ..Default::default()
+    });
+    let reviewing = units.clone();
+    let approve = |declaration_id: String| {
+        let (mut units, reviewer) = (reviewing.clone(), reviewer.clone());
+        async move {
+            let request =
+                proto::units::ReviewRequest { caller: reviewer.clone(), declaration_id: declaration_id.clone() };
+            units.claim_declaration(request.clone()).await.expect("claimed");
+            units.approve_declaration(request).await.expect("approved")
+        }
+    };
+    let declare = proto::units::DeclareRequest { caller: caller.clone(), kind: String::new() };
+    let first = units.declare(declare).await.expect("declared").into_inner();
+    approve(first.declaration_id).await;
+
+    element(&browser, Locator::LinkText("人员变更")).await.click().await.expect("changes page");
+    element(&browser, Locator::Css("h1")).await;
+    screenshot(&browser, "60-changes-page").await;
+    assert!(text_of(&browser, "#roster").await.contains("张伟"));
+    assert!(
+        !element(&browser, Locator::Id("declare-changes")).await.is_enabled().await.expect("state"),
+        "nothing to declare"
+    );
+    screenshot(&browser, "60-changes-approved-roster").await;
+
+    // 减员: 张伟 transfers out.
+    let remove = "//table[@id='roster']//tr[td[normalize-space(text())='张伟']]//a[normalize-space(text())='减员']";
+    element(&browser, Locator::XPath(remove)).await.click().await.expect("减员");
+    element(&browser, Locator::Id("save-remove")).await.click().await.expect("save without anything");
+    wait_for_text(&browser, "#error-summary", "请修改以下2处").await;
+    screenshot(&browser, "61-remove-errors").await;
+    set_date(&browser, "leave_date", "2026-11-30").await;
+    choose(&browser, "leave_reason", "调出").await;
+    element(&browser, Locator::Id("save-remove")).await.click().await.expect("save");
+    wait_for_text(&browser, "#done", "已保存：张伟").await;
+
+    // 增员: 王芳, through 校验 and 保存 as when registering.
+    element(&browser, Locator::Id("add-staff")).await.click().await.expect("增员");
+    assert_eq!(text_of(&browser, "h1").await, "增员：工作人员");
+    fill(&browser, "name", "王芳").await;
+    fill(&browser, "id_number", "230502199105062341").await;
+    choose(&browser, "funding_form", "全额拨款").await;
+    set_date(&browser, "work_start", "2013-07-01").await;
+    set_date(&browser, "joined_unit", "2026-11-01").await;
+    choose(&browser, "personnel_status", "公务员").await;
+    choose(&browser, "establishment", "编制内").await;
+    element(&browser, Locator::Id("check")).await.click().await.expect("check");
+    wait_for_text(&browser, "#check-ok", "校验通过").await;
+    accept_warnings(&browser).await;
+    screenshot(&browser, "62-add-checked").await;
+    element(&browser, Locator::Id("save")).await.click().await.expect("save");
+    wait_for_text(&browser, "#done", "已保存：王芳").await;
+
+    // 变更: 李娜's phone.
+    let update = "//table[@id='roster']//tr[td[normalize-space(text())='李娜']]//a[normalize-space(text())='变更']";
+    element(&browser, Locator::XPath(update)).await.click().await.expect("变更");
+    fill(&browser, "phone", "13904691111").await;
+    element(&browser, Locator::Id("check")).await.click().await.expect("check");
+    wait_for_text(&browser, "#check-ok", "校验通过").await;
+    accept_warnings(&browser).await;
+    element(&browser, Locator::Id("save")).await.click().await.expect("save");
+    wait_for_text(&browser, "#done", "已保存：李娜").await;
+    let changes = text_of(&browser, "#changes").await;
+    assert!(
+        changes.contains("减员")
+            && changes.contains("调出")
+            && changes.contains("增员")
+            && changes.contains("联系电话"),
+        "{changes}"
+    );
+    assert!(!browser.source().await.expect("source").contains("230502199105062341"), "masked in the list");
+    screenshot(&browser, "63-open-changes").await;
+
+    // 确认申报, confirmed first, leads to the print page with the 增减变动表.
+    element(&browser, Locator::Id("declare-changes")).await.click().await.expect("确认申报");
+    element(&browser, Locator::Id("declare-changes-yes")).await.click().await.expect("confirm");
+    wait_for_text(&browser, "#done", "已申报").await;
+    for _ in 0..60 {
+        if browser.find(Locator::Id("documents")).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        browser.refresh().await.expect("refresh");
+    }
+    assert!(text_of(&browser, "#documents").await.contains("机关事业单位养老保险人员增减变动表"));
+    screenshot(&browser, "64-change-form-to-print").await;
+    element(&browser, Locator::LinkText("人员变更")).await.click().await.expect("changes page");
+    assert_eq!(text_of(&browser, "#change-declaration-state").await, "已申报");
+    assert!(text_of(&browser, "#changes-locked").await.contains("不能修改"));
+
+    // The agency approves; the changes take effect.
+    let change = units
+        .get_declaration(proto::units::GetDeclarationRequest { caller: caller.clone(), declaration_id: String::new() })
+        .await
+        .expect("declaration")
+        .into_inner();
+    assert_eq!(change.kind, "change");
+    approve(change.declaration_id).await;
+    browser.refresh().await.expect("refresh");
+    wait_for_text(&browser, "#last-approved", "审核通过并生效").await;
+    let roster = text_of(&browser, "#roster").await;
+    assert!(roster.contains("王芳") && roster.contains("李娜") && !roster.contains("张伟"), "{roster}");
+    screenshot(&browser, "65-changes-applied").await;
+
+    browser.close().await.expect("close the browser");
+    platform.stop().await;
 }

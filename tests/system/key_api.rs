@@ -196,6 +196,10 @@ async fn the_openapi_document_names_every_operation() {
         "listRegistrationConflicts",
         "endRegistration",
         "getPersonHistory",
+        "listRosterChanges",
+        "saveRosterChange",
+        "deleteRosterChange",
+        "declareChanges",
     ] {
         assert!(operations.contains(&expected), "{expected} in {operations:?}");
     }

@@ -38,6 +38,12 @@ impl Operator {
         Self { client, cookie, csrf: body["csrf_token"].as_str().expect("csrf").to_owned() }
     }
 
+    /// A page's HTML, as the signed-in browser gets it.
+    async fn page(&self, url: String) -> String {
+        let response = self.client.get(url).header("cookie", &self.cookie).send().await.expect("page");
+        response.text().await.expect("html")
+    }
+
     async fn call(&self, method: reqwest::Method, url: String, body: Option<Value>) -> (StatusCode, Value) {
         let mut request =
             self.client.request(method, url).header("cookie", &self.cookie).header("x-csrf-token", &self.csrf);
@@ -425,16 +431,7 @@ async fn the_holding_agency_ends_a_stale_registration_over_the_api() {
     let (status, _) =
         new_unit.call(reqwest::Method::GET, platform.secure_url("/api/registration-conflicts"), None).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "units do not settle conflicts");
-    let page = reviewer
-        .client
-        .get(platform.secure_url("/review/conflicts"))
-        .header("cookie", &reviewer.cookie)
-        .send()
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("html");
+    let page = reviewer.page(platform.secure_url("/review/conflicts")).await;
     assert!(page.contains("230502********2344") && page.contains("终止原登记") && !page.contains("230502199002152344"));
     let end = platform
         .secure_url(&format!("/api/registration-conflicts/{}/end", conflict["conflict_id"].as_str().expect("id")));
@@ -451,5 +448,122 @@ async fn the_holding_agency_ends_a_stale_registration_over_the_api() {
     let events: Vec<&str> =
         history["entries"].as_array().expect("entries").iter().filter_map(|entry| entry["event"].as_str()).collect();
     assert_eq!(events, ["registered", "ended", "registered"]);
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn after_approval_the_roster_changes_through_a_change_declaration_over_the_api() {
+    let (platform, operator) = signed_in_unit().await;
+    let (status, saved) =
+        operator.call(reqwest::Method::PUT, platform.secure_url("/api/my-unit"), Some(unit_record())).await;
+    assert_eq!(status, StatusCode::OK, "{saved}");
+    let agency = saved["record"]["agency_code"].as_str().expect("agency").to_owned();
+    let staff = |name: &str, id_number: &str| {
+        json!({
+            "kind": "staff", "name": name, "id_type": "01", "id_number": id_number, "funding_form": "全额拨款",
+            "work_start": "2012-07-01", "joined_unit": "2015-03-01", "personnel_status": "公务员",
+            "establishment": "编制内"
+        })
+    };
+    let (status, created) = operator
+        .call(reqwest::Method::POST, platform.secure_url("/api/persons"), Some(staff("李娜", "230502199002152344")))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let li_na = created["person"]["person_id"].as_str().expect("id").to_owned();
+    let (status, changes) = operator.call(reqwest::Method::GET, platform.secure_url("/api/roster-changes"), None).await;
+    assert_eq!((status, changes["enrolled"].as_bool()), (StatusCode::OK, Some(false)));
+    let (status, early) =
+        operator.call(reqwest::Method::POST, platform.secure_url("/api/change-declaration"), None).await;
+    assert_eq!((status, early["code"].as_str()), (StatusCode::CONFLICT, Some("not_approved")), "{early}");
+
+    let reviewer_account = platform.staff("agency_reviewer", "reviewer.changes", &agency).await;
+    let reviewer = Operator::sign_in(&platform, &reviewer_account).await;
+    let decide = |id: &str, step: &str| platform.secure_url(&format!("/api/declarations/{id}/{step}"));
+    let (_, first) = operator.call(reqwest::Method::POST, platform.secure_url("/api/declaration"), None).await;
+    let first_id = first["declaration_id"].as_str().expect("id").to_owned();
+    reviewer.call(reqwest::Method::POST, decide(&first_id, "claim"), None).await;
+    let (status, approved) = reviewer.call(reqwest::Method::POST, decide(&first_id, "approve"), None).await;
+    assert_eq!((status, approved["kind"].as_str()), (StatusCode::OK, Some("initial")), "{approved}");
+
+    // Enrolled: direct saves are refused, changes take their place.
+    let (status, direct) = operator
+        .call(reqwest::Method::POST, platform.secure_url("/api/persons"), Some(staff("王芳", "230502199105062341")))
+        .await;
+    assert_eq!((status, direct["code"].as_str()), (StatusCode::CONFLICT, Some("roster_enrolled")), "{direct}");
+    let changes_url = platform.secure_url("/api/roster-changes");
+    let (status, bad) = operator
+        .call(reqwest::Method::POST, changes_url.clone(), Some(json!({ "action": "remove", "person_id": li_na })))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        fields(&bad),
+        [("leave_reason".to_owned(), "required".to_owned()), ("leave_date".to_owned(), "required".to_owned())]
+    );
+    let transfer =
+        json!({ "action": "remove", "person_id": li_na, "leave_date": "2026-11-30", "leave_reason": "transfer" });
+    let (status, removed) = operator.call(reqwest::Method::POST, changes_url.clone(), Some(transfer)).await;
+    assert_eq!((status, removed["action_label"].as_str()), (StatusCode::OK, Some("减员")), "{removed}");
+    // The development registry does not know her: the warning is accepted, as a clerk would.
+    let mut newcomer = staff("王芳", "230502199105062341");
+    newcomer["accepted_warnings"] = json!(["population_not_found"]);
+    let (status, added) = operator
+        .call(reqwest::Method::POST, changes_url.clone(), Some(json!({ "action": "add", "person": newcomer })))
+        .await;
+    assert_eq!((status, added["id_number_masked"].as_str()), (StatusCode::OK, Some("230502********2341")), "{added}");
+    let (_, listed) = operator.call(reqwest::Method::GET, changes_url.clone(), None).await;
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(2));
+    assert!(!listed.to_string().contains("230502199105062341"), "lists carry masked numbers only");
+
+    let (status, declared) =
+        operator.call(reqwest::Method::POST, platform.secure_url("/api/change-declaration"), None).await;
+    assert_eq!(
+        (status, declared["kind"].as_str(), declared["state"].as_str()),
+        (StatusCode::OK, Some("change"), Some("declared")),
+        "{declared}"
+    );
+    assert_eq!((declared["add_count"].as_u64(), declared["remove_count"].as_u64()), (Some(1), Some(1)));
+    let change_id = declared["declaration_id"].as_str().expect("id").to_owned();
+    let (status, locked) = operator
+        .call(
+            reqwest::Method::DELETE,
+            platform.secure_url(&format!("/api/roster-changes/{}", added["change_id"].as_str().expect("id"))),
+            None,
+        )
+        .await;
+    assert_eq!((status, locked["code"].as_str()), (StatusCode::CONFLICT, Some("changes_locked")));
+    let (_, queue) = reviewer.call(reqwest::Method::GET, platform.secure_url("/api/review-queue"), None).await;
+    assert_eq!(queue["declarations"][0]["kind_label"], "人员变更申报", "{queue}");
+    reviewer.call(reqwest::Method::POST, decide(&change_id, "claim"), None).await;
+    let (status, view) =
+        reviewer.call(reqwest::Method::GET, platform.secure_url(&format!("/api/declarations/{change_id}")), None).await;
+    assert_eq!((status, view["roster"]["kind"].as_str()), (StatusCode::OK, Some("changes")), "{view}");
+    let actions: Vec<&str> = view["roster"]["change_items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|item| item["action"].as_str())
+        .collect();
+    assert_eq!(actions, ["remove", "add"]);
+    assert!(!view.to_string().contains("230502199105062341"), "the reviewer's view carries no clear number");
+    let review_page = reviewer.page(platform.secure_url(&format!("/review/{change_id}"))).await;
+    assert!(review_page.contains("审核人员变更申报") && review_page.contains("调出") && review_page.contains("王芳"));
+    let (status, applied) = reviewer.call(reqwest::Method::POST, decide(&change_id, "approve"), None).await;
+    assert_eq!((status, applied["state"].as_str()), (StatusCode::OK, Some("approved")), "{applied}");
+
+    let (_, roster) = operator.call(reqwest::Method::GET, platform.secure_url("/api/persons"), None).await;
+    let names: Vec<&str> =
+        roster["persons"].as_array().expect("persons").iter().filter_map(|person| person["name"].as_str()).collect();
+    assert_eq!(names, ["王芳"], "the transferred person left, the new one is on the roster: {roster}");
+    let (_, history) =
+        reviewer.call(reqwest::Method::GET, platform.secure_url(&format!("/api/persons/{li_na}/history")), None).await;
+    let last = history["entries"].as_array().and_then(|entries| entries.last()).cloned().unwrap_or_default();
+    assert_eq!((last["event"].as_str(), last["declaration_id"].as_str()), (Some("ended"), Some(change_id.as_str())));
+    let history_page = reviewer.page(platform.secure_url(&format!("/review/persons/{li_na}/history"))).await;
+    assert!(
+        history_page.contains("审核通过参保") && history_page.contains("终止登记") && history_page.contains("调出"),
+        "{history_page}"
+    );
+    let page = operator.page(platform.secure_url("/changes")).await;
+    assert!(page.contains("人员变更") && page.contains("王芳") && page.contains("审核通过并生效"), "{page}");
     platform.stop().await;
 }

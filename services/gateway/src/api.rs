@@ -5,7 +5,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use kit::service::Platform;
 use proto::common::{GetStatusRequest, ServiceStatus};
@@ -77,10 +77,22 @@ pub fn secure_router(state: AppState) -> Router {
         .route("/declaration", get(declarations::declaration_page))
         .route("/declaration/declare", post(declarations::declare_submit))
         .route("/declaration/withdraw", post(declarations::withdraw_submit))
+        .route("/api/roster-changes", get(crate::changes::list_api).post(crate::changes::save_api))
+        .route("/api/roster-changes/{change_id}", delete(crate::changes::delete_api))
+        .route("/api/change-declaration", post(crate::changes::declare_api))
+        .route("/changes", get(crate::changes::page))
+        .route("/changes/add", get(crate::changes::add_page).post(crate::changes::add_submit))
+        .route("/changes/add/{person_id}", get(crate::changes::edit_add_page).post(crate::changes::edit_add_submit))
+        .route("/changes/update/{person_id}", get(crate::changes::update_page).post(crate::changes::update_submit))
+        .route("/changes/remove/{person_id}", get(crate::changes::remove_page).post(crate::changes::remove_submit))
+        .route("/changes/{change_id}/delete", post(crate::changes::delete_submit))
+        .route("/changes/declare", post(crate::changes::declare_submit))
+        .route("/changes/withdraw", post(crate::changes::withdraw_submit))
         .route("/api/registration-conflicts", get(crate::conflicts::list_api))
         .route("/api/registration-conflicts/{conflict_id}/end", post(crate::conflicts::end_api))
         .route("/api/persons/{person_id}/history", get(crate::conflicts::history_api))
         .route("/review/conflicts", get(crate::conflicts::page))
+        .route("/review/persons/{person_id}/history", get(crate::conflicts::history_page))
         .route("/review/conflicts/{conflict_id}/end", post(crate::conflicts::end_submit))
         .route("/review", get(declarations::queue_page))
         .route("/review/{declaration_id}", get(declarations::review_page))

@@ -72,18 +72,36 @@ pub async fn end_api(
     end(&state, &signed_in, &id, body.reason).await.map(Json).into_response()
 }
 
+async fn history(state: &AppState, signed_in: &SignedIn, id: String) -> Result<serde_json::Value, ApiError> {
+    let request = GetPersonHistoryRequest { caller: signed_in.caller(), person_id: id };
+    let reply = personnel(state).get_person_history(request).await.map_err(ApiError::from)?.into_inner();
+    Ok(serde_json::json!({
+        "entries": reply.entries.iter().map(|entry| serde_json::json!({
+            "person_id": entry.person_id, "institution_code": entry.institution_code, "event": entry.event,
+            "actor": entry.actor, "reason": entry.reason, "at": rfc3339(entry.at),
+            "declaration_id": entry.declaration_id,
+        })).collect::<Vec<_>>(),
+    }))
+}
+
 /// `getPersonHistory`: GET /api/persons/{person_id}/history, for reviewers.
 pub async fn history_api(State(state): State<AppState>, signed_in: SignedIn, Path(id): Path<String>) -> Response {
-    let request = GetPersonHistoryRequest { caller: signed_in.caller(), person_id: id };
-    match personnel(&state).get_person_history(request).await {
-        Ok(reply) => Json(serde_json::json!({
-            "entries": reply.into_inner().entries.iter().map(|entry| serde_json::json!({
-                "person_id": entry.person_id, "institution_code": entry.institution_code, "event": entry.event,
-                "actor": entry.actor, "reason": entry.reason, "at": rfc3339(entry.at),
-            })).collect::<Vec<_>>(),
-        }))
-        .into_response(),
-        Err(status) => ApiError::from(status).into_response(),
+    history(&state, &signed_in, id).await.map(Json).into_response()
+}
+
+/// A person's registrations across units, for reviewers: who registered, approved, changed or ended them, when,
+/// and by which declaration.
+pub async fn history_page(State(state): State<AppState>, signed_in: SignedIn, Path(id): Path<String>) -> Response {
+    if let Err(problem) = signed_in.require(&["agency_reviewer", "province_admin"]) {
+        return crate::operators::denied(&state, &signed_in, &problem);
+    }
+    match history(&state, &signed_in, id).await {
+        Ok(history) => state.pages.render(
+            "person_history.html",
+            context! { section => "review", user => user(&signed_in), csrf => signed_in.session.csrf_token.clone(),
+            history => Value::from(Serde(history)) },
+        ),
+        Err(problem) => crate::operators::denied(&state, &signed_in, &problem),
     }
 }
 

@@ -61,7 +61,9 @@ pub fn declaration_json(declaration: &Declaration) -> serde_json::Value {
             "field": change.field, "label": change.label, "before": change.before, "after": change.after,
         })).collect::<Vec<_>>(),
         "can_withdraw": declaration.can_withdraw, "can_claim": declaration.can_claim,
-        "can_decide": declaration.can_decide,
+        "can_decide": declaration.can_decide, "kind": declaration.kind, "kind_label": declaration.kind_label,
+        "add_count": declaration.add_count, "remove_count": declaration.remove_count,
+        "update_count": declaration.update_count,
     })
 }
 
@@ -75,11 +77,14 @@ fn roster_json(roster: &RosterSnapshot) -> serde_json::Value {
             "person_id": change.person_id, "name": change.name, "kind_label": change.kind_label,
             "change": change.change, "fields": change.fields,
         })).collect::<Vec<_>>(),
+        "kind": roster.kind, "add_count": roster.add_count, "remove_count": roster.remove_count,
+        "update_count": roster.update_count,
+        "change_items": roster.change_items.iter().map(crate::changes::item_json).collect::<Vec<_>>(),
     })
 }
 
 async fn declare(state: &AppState, signed_in: &SignedIn) -> Result<Declaration, ApiError> {
-    let request = DeclareRequest { caller: signed_in.caller() };
+    let request = DeclareRequest { caller: signed_in.caller(), kind: String::new() };
     Ok(units(state).declare(request).await.map_err(ApiError::from)?.into_inner())
 }
 
@@ -257,7 +262,9 @@ async fn render_declaration(state: &AppState, signed_in: &SignedIn, message: &st
         Ok(reply) => reply.into_inner(),
         Err(status) => return crate::operators::denied(state, signed_in, &ApiError::from(status)),
     };
+    // This page is the first declaration's; a change declaration has the 人员变更 page.
     let declaration = match get(state, signed_in, "").await {
+        Ok(declaration) if declaration.kind == "change" => None,
         Ok(declaration) => Some(declaration_json(&declaration)),
         Err(problem) if problem.code == "not_declared" => None,
         Err(problem) => return crate::operators::denied(state, signed_in, &problem),

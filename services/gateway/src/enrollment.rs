@@ -136,6 +136,7 @@ pub fn unit_json(record: &UnitRecord) -> serde_json::Value {
         "institutional_posts": posts(record.institutional_posts), "logistics_posts": posts(record.logistics_posts),
         "state": record.state, "state_label": record.state_label, "complete": record.complete,
         "accepted_warnings": record.accepted_warnings, "updated_at": rfc3339(record.updated_at),
+        "unit_number": record.unit_number,
     })
 }
 
@@ -277,18 +278,18 @@ pub async fn unit_submit(State(state): State<AppState>, signed_in: SignedIn, For
 }
 
 /// Warnings a form asks the operator to accept: (field, code, message).
-type Warnings = Vec<(String, String, String)>;
+pub(crate) type Warnings = Vec<(String, String, String)>;
 
 /// Errors as (field, message) in the order the service found them, which is the form's order: the summary above
 /// a form lists them so, and each field looks its own up.
-type FieldErrors = Vec<(String, String)>;
+pub(crate) type FieldErrors = Vec<(String, String)>;
 
-fn error_map(errors: &FieldErrors) -> BTreeMap<String, String> {
+pub(crate) fn error_map(errors: &FieldErrors) -> BTreeMap<String, String> {
     errors.iter().cloned().collect()
 }
 
 /// A refusal as a form shows it: errors at their fields; warnings to accept; a message.
-fn split_findings(problem: &ApiError) -> (FieldErrors, Warnings, String) {
+pub(crate) fn split_findings(problem: &ApiError) -> (FieldErrors, Warnings, String) {
     if problem.code == "warnings_not_accepted" {
         let warnings = problem
             .errors
@@ -399,7 +400,7 @@ fn deemed_rows(extra: &BTreeMap<String, String>) -> Vec<DeemedBody> {
 }
 
 impl PersonBody {
-    fn into_input(self) -> PersonInput {
+    pub(crate) fn into_input(self) -> PersonInput {
         PersonInput {
             kind: self.kind,
             name: self.name,
@@ -676,7 +677,7 @@ pub struct ListQuery {
     pub deleted: String,
 }
 
-async fn list_persons(
+pub(crate) async fn list_persons(
     state: &AppState,
     signed_in: &SignedIn,
     query: &ListQuery,
@@ -717,13 +718,13 @@ pub async fn list_persons_api(
 
 // ---- people: pages ----
 
-const PAGE_KINDS: [(&str, &str); 3] = [
+pub(crate) const PAGE_KINDS: [(&str, &str); 3] = [
     ("staff", "工作人员参保登记"),
     ("retiree_pre_reform", "2014年10月1日前退休人员参保登记"),
     ("retiree_post_reform", "2014年10月1日后退休人员参保登记"),
 ];
 
-fn kind_or_staff(kind: &str) -> &'static str {
+pub(crate) fn kind_or_staff(kind: &str) -> &'static str {
     PAGE_KINDS.iter().find(|(code, _)| *code == kind).map_or("staff", |(code, _)| code)
 }
 
@@ -752,7 +753,7 @@ pub async fn persons_page(
     }
 }
 
-async fn person_codes(state: &AppState) -> BTreeMap<String, Vec<(String, String)>> {
+pub(crate) async fn person_codes(state: &AppState) -> BTreeMap<String, Vec<(String, String)>> {
     personnel(state)
         .list_codes(ListCodesRequest {})
         .await
@@ -769,7 +770,7 @@ async fn person_codes(state: &AppState) -> BTreeMap<String, Vec<(String, String)
 
 /// What a person form shows besides the values.
 #[derive(Default)]
-struct FormState {
+pub(crate) struct FormState {
     errors: FieldErrors,
     warnings: Warnings,
     message: String,
@@ -781,19 +782,50 @@ struct FormState {
     idempotency_key: String,
 }
 
-async fn render_person(
+/// What a person form is for: registering before the roster is approved, or a change of an approved roster (a new
+/// person, or an approved person's corrected fields), which waits for a change declaration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Register,
+    ChangeAdd,
+    ChangeUpdate,
+}
+
+impl Purpose {
+    /// Where the form posts, and where its back link leads.
+    fn paths(self, person_id: &str, kind: &str) -> (String, String, &'static str) {
+        match (self, person_id) {
+            (Purpose::Register, "") => ("/persons/new".into(), format!("/persons?kind={kind}"), "返回待办业务"),
+            (Purpose::Register, id) => (format!("/persons/{id}"), format!("/persons?kind={kind}"), "返回待办业务"),
+            (Purpose::ChangeAdd, "") => ("/changes/add".into(), "/changes".into(), "返回人员变更"),
+            (Purpose::ChangeAdd, id) => (format!("/changes/add/{id}"), "/changes".into(), "返回人员变更"),
+            (Purpose::ChangeUpdate, id) => (format!("/changes/update/{id}"), "/changes".into(), "返回人员变更"),
+        }
+    }
+}
+
+pub(crate) async fn render_person(
     state: &AppState,
     signed_in: &SignedIn,
+    purpose: Purpose,
     person_id: &str,
     form: &PersonBody,
     view: FormState,
 ) -> Response {
     let kind = kind_or_staff(&form.kind);
-    let heading = PAGE_KINDS.iter().find(|(code, _)| *code == kind).map_or("", |(_, label)| label);
+    let label = PAGE_KINDS.iter().find(|(code, _)| *code == kind).map_or("", |(_, label)| label);
+    let heading = match purpose {
+        Purpose::Register => label.to_owned(),
+        Purpose::ChangeAdd => format!("增员：{}", label.trim_end_matches("参保登记")),
+        Purpose::ChangeUpdate => format!("变更：{}", label.trim_end_matches("参保登记")),
+    };
+    let (form_action, back_url, back_label) = purpose.paths(person_id, kind);
+    let section = if purpose == Purpose::Register { "persons" } else { "changes" };
     state.pages.render(
         "person.html",
-        context! { section => "persons", user => user(signed_in), csrf => signed_in.session.csrf_token.clone(),
+        context! { section => section, user => user(signed_in), csrf => signed_in.session.csrf_token.clone(),
         heading => heading, kind => kind, retiree => kind != "staff", person_id => person_id,
+        form_action => form_action, back_url => back_url, back_label => back_label,
         form => Value::from(Serde(form.with_blank_rows())), codes => Value::from(Serde(person_codes(state).await)),
         errors => error_map(&view.errors), error_list => view.errors, warnings => view.warnings, message => view.message, error => view.error,
         checked => view.checked, normalized => view.normalized, idempotency_key => view.idempotency_key },
@@ -815,7 +847,7 @@ pub async fn new_person_page(
         ..PersonBody::default()
     };
     let view = FormState { idempotency_key: uuid::Uuid::new_v4().to_string(), ..FormState::default() };
-    render_person(&state, &signed_in, "", &form, view).await
+    render_person(&state, &signed_in, Purpose::Register, "", &form, view).await
 }
 
 pub async fn edit_person_page(
@@ -823,13 +855,18 @@ pub async fn edit_person_page(
     signed_in: SignedIn,
     Path(person_id): Path<String>,
 ) -> Response {
+    edit_page(state, signed_in, Purpose::Register, person_id).await
+}
+
+/// A saved person's form, filled in from the person (the number unmasked, which personnel audits).
+pub(crate) async fn edit_page(state: AppState, signed_in: SignedIn, purpose: Purpose, person_id: String) -> Response {
     match get_person(&state, &signed_in, person_id.clone()).await {
         Ok(person) => {
             let form = PersonBody::from_person(&person);
             let view = FormState {
                 message: "修改后请重新校验，校验通过后才能保存。".into(), ..FormState::default()
             };
-            render_person(&state, &signed_in, &person_id, &form, view).await
+            render_person(&state, &signed_in, purpose, &person_id, &form, view).await
         }
         Err(problem) => crate::operators::denied(&state, &signed_in, &problem),
     }
@@ -846,7 +883,7 @@ pub struct PersonForm {
 }
 
 /// The warning codes of ticked `accept_<code>` checkboxes.
-fn accepted_boxes(extra: &BTreeMap<String, String>) -> Vec<String> {
+pub(crate) fn accepted_boxes(extra: &BTreeMap<String, String>) -> Vec<String> {
     extra.keys().filter_map(|key| key.strip_prefix("accept_")).map(str::to_owned).collect()
 }
 
@@ -855,7 +892,7 @@ pub async fn new_person_submit(
     signed_in: SignedIn,
     Form(form): Form<PersonForm>,
 ) -> Response {
-    person_submit(state, signed_in, None, form).await
+    person_submit(state, signed_in, Purpose::Register, None, form).await
 }
 
 pub async fn edit_person_submit(
@@ -864,10 +901,17 @@ pub async fn edit_person_submit(
     Path(person_id): Path<String>,
     Form(form): Form<PersonForm>,
 ) -> Response {
-    person_submit(state, signed_in, Some(person_id), form).await
+    person_submit(state, signed_in, Purpose::Register, Some(person_id), form).await
 }
 
-async fn person_submit(state: AppState, signed_in: SignedIn, person_id: Option<String>, form: PersonForm) -> Response {
+/// 校验 or 保存 of a person form, whatever it is for.
+pub(crate) async fn person_submit(
+    state: AppState,
+    signed_in: SignedIn,
+    purpose: Purpose,
+    person_id: Option<String>,
+    form: PersonForm,
+) -> Response {
     let id = person_id.clone().unwrap_or_default();
     let mut body = form.person;
     body.accepted_warnings = accepted_boxes(&form.extra);
@@ -884,20 +928,37 @@ async fn person_submit(state: AppState, signed_in: SignedIn, person_id: Option<S
         let view = FormState {
             error: "内容已修改，请先校验，校验通过后再保存。".into(), ..FormState::default()
         };
-        return render_person(&state, &signed_in, &id, &body, FormState { idempotency_key: key, ..view }).await;
+        return render_person(&state, &signed_in, purpose, &id, &body, FormState { idempotency_key: key, ..view })
+            .await;
     }
     if action == "save" {
-        return match save_person(&state, &signed_in, body.clone(), person_id, &key).await {
-            Ok((person, _)) => {
-                Redirect::to(&format!("/persons?kind={}&saved={}", person.kind, crate::pages::url_encode(&person.name)))
-                    .into_response()
+        let saved = match purpose {
+            Purpose::Register => {
+                save_person(&state, &signed_in, body.clone(), person_id, &key).await.map(|(person, _)| {
+                    format!("/persons?kind={}&saved={}", person.kind, crate::pages::url_encode(&person.name))
+                })
             }
+            Purpose::ChangeAdd | Purpose::ChangeUpdate => {
+                let action = if purpose == Purpose::ChangeAdd { "add" } else { "update" };
+                let change = crate::changes::ChangeBody {
+                    action: action.to_owned(),
+                    person_id: id.clone(),
+                    person: Some(body.clone()),
+                    ..Default::default()
+                };
+                crate::changes::save(&state, &signed_in, change)
+                    .await
+                    .map(|item| format!("/changes?saved={}", crate::pages::url_encode(&item.name)))
+            }
+        };
+        return match saved {
+            Ok(location) => Redirect::to(&location).into_response(),
             Err(problem) => {
                 let (errors, warnings, message) = split_findings(&problem);
                 // Warnings not yet accepted leave the check standing: tick them and save again.
                 let checked = if warnings.is_empty() { String::new() } else { digest };
                 let view = FormState { errors, warnings, error: message, checked, ..FormState::default() };
-                render_person(&state, &signed_in, &id, &body, FormState { idempotency_key: key, ..view }).await
+                render_person(&state, &signed_in, purpose, &id, &body, FormState { idempotency_key: key, ..view }).await
             }
         };
     }
@@ -926,11 +987,11 @@ async fn person_submit(state: AppState, signed_in: SignedIn, person_id: Option<S
                 normalized,
                 idempotency_key: key,
             };
-            render_person(&state, &signed_in, &id, &body, view).await
+            render_person(&state, &signed_in, purpose, &id, &body, view).await
         }
         Err(problem) => {
             let view = FormState { error: problem.message, ..FormState::default() };
-            render_person(&state, &signed_in, &id, &body, FormState { idempotency_key: key, ..view }).await
+            render_person(&state, &signed_in, purpose, &id, &body, FormState { idempotency_key: key, ..view }).await
         }
     }
 }

@@ -9,6 +9,7 @@
 mod api;
 mod auth;
 mod bridge;
+mod changes;
 mod conflicts;
 mod declarations;
 mod enrollment;

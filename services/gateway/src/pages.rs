@@ -54,6 +54,9 @@ impl Pages {
             ("print.html", include_str!("../templates/print.html")),
             ("verify.html", include_str!("../templates/verify.html")),
             ("conflicts.html", include_str!("../templates/conflicts.html")),
+            ("changes.html", include_str!("../templates/changes.html")),
+            ("change_remove.html", include_str!("../templates/change_remove.html")),
+            ("person_history.html", include_str!("../templates/person_history.html")),
         ] {
             // The templates are part of the binary and covered by tests, so a syntax error is a build defect.
             if let Err(error) = templates.add_template(name, source) {

@@ -73,7 +73,7 @@ pub struct DeemedInput {
 }
 
 /// One checked row of 视同缴费年限: `from` and `to` are the first days of their months.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Deemed {
     pub unit: String,
     pub from: Date,
@@ -85,8 +85,9 @@ pub struct Deemed {
 /// At most this many rows of 视同缴费年限 a person.
 pub const MAX_DEEMED_PERIODS: usize = 20;
 
-/// A person whose input passed every error rule, ready to store.
-#[derive(Debug, Clone)]
+/// A person whose input passed every error rule, ready to store (and, for a change waiting for approval, kept as
+/// JSON until then).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Values {
     pub kind: String,
     pub name: String,

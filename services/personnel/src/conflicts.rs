@@ -108,9 +108,9 @@ impl People {
         // The holding unit is the agency's own: ending its person's registration is the platform's work on the
         // reviewer's authority, so the write runs with every unit in scope.
         kit::db::set_scope(&mut transaction, &Scope::All).await.map_err(kit::db::status)?;
-        let ended: Option<(Vec<u8>, String)> = sqlx::query_as(
+        let ended: Option<String> = sqlx::query_scalar(
             "update persons set ended_at = now(), end_reason = $2 where person_id = $1 and ended_at is null \
-             returning id_number_hmac, id_number_masked",
+             returning id_number_masked",
         )
         .bind(row.holding_person)
         .bind(reason)
@@ -129,8 +129,8 @@ impl People {
         .execute(&mut *transaction)
         .await
         .map_err(kit::db::status)?;
-        if let Some((hmac, masked)) = &ended {
-            self.record_end(&mut transaction, &actor, &row, hmac, masked, reason).await?;
+        if let Some(masked) = &ended {
+            self.record_end(&mut transaction, &actor, &row, masked, reason).await?;
         }
         transaction.commit().await.map_err(kit::db::status)?;
         let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::All).await.map_err(kit::db::status)?;
@@ -150,22 +150,10 @@ impl People {
         transaction: &mut PgConnection,
         actor: &Actor,
         row: &ConflictRow,
-        hmac: &[u8],
         masked: &str,
         reason: &str,
     ) -> Result<(), Status> {
-        sqlx::query(
-            "insert into person_history (id_number_hmac, person_id, institution_code, event, actor, reason) \
-             values ($1, $2, $3, 'ended', $4, $5)",
-        )
-        .bind(hmac)
-        .bind(row.holding_person)
-        .bind(&row.holding_unit)
-        .bind(&actor.name)
-        .bind(reason)
-        .execute(&mut *transaction)
-        .await
-        .map_err(kit::db::status)?;
+        crate::people::history(&mut *transaction, row.holding_person, "ended", &actor.name, Some(reason), None).await?;
         let event_id = kit::outbox::new_event_id();
         let event = PersonRegistrationEnded {
             meta: Some(kit::outbox::event_meta(event_id, &actor.name)),
@@ -199,8 +187,10 @@ impl People {
         let not_found = || refuse(Code::NotFound, "person_not_found", "没有找到该人员");
         let person_id: uuid::Uuid = person_id.trim().parse().map_err(|_| not_found())?;
         let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::All).await.map_err(kit::db::status)?;
-        let rows: Vec<(uuid::Uuid, String, String, String, Option<String>, OffsetDateTime)> = sqlx::query_as(
-            "select h.person_id, h.institution_code, h.event, h.actor, h.reason, h.at from person_history h \
+        type Entry = (uuid::Uuid, String, String, String, Option<String>, OffsetDateTime, Option<uuid::Uuid>);
+        let rows: Vec<Entry> = sqlx::query_as(
+            "select h.person_id, h.institution_code, h.event, h.actor, h.reason, h.at, h.declaration_id \
+             from person_history h \
              where h.id_number_hmac = (select id_number_hmac from person_history where person_id = $1 limit 1) \
              order by h.seq",
         )
@@ -215,13 +205,14 @@ impl People {
         Ok(PersonHistory {
             entries: rows
                 .into_iter()
-                .map(|(person_id, institution_code, event, actor, reason, at)| PersonHistoryEntry {
+                .map(|(person_id, institution_code, event, actor, reason, at, declaration_id)| PersonHistoryEntry {
                     person_id: person_id.to_string(),
                     institution_code,
                     event,
                     actor,
                     reason: reason.unwrap_or_default(),
                     at: Some(timestamp(at)),
+                    declaration_id: declaration_id.map(|id| id.to_string()).unwrap_or_default(),
                 })
                 .collect(),
         })

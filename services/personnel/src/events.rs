@@ -42,7 +42,8 @@ impl Handler for UnitAgency {
     }
 }
 
-/// The durable consumer of units' declaration events: a withdrawn or rejected declaration releases the roster.
+/// The durable consumer of units' declaration events: a withdrawn or rejected declaration releases the roster, an
+/// approved one takes effect.
 pub fn declaration_consumer(namespace: &Namespace) -> ConsumerSpec {
     ConsumerSpec::new(
         namespace.events_stream("units"),
@@ -52,18 +53,18 @@ pub fn declaration_consumer(namespace: &Namespace) -> ConsumerSpec {
     )
 }
 
-/// Releases the roster of a declaration that was withdrawn or rejected. Units also asks for it directly after its
-/// commit; this is what makes it certain when that call was lost.
+/// Releases the roster of a declaration that was withdrawn or rejected, and applies an approved one. Units also
+/// asks for each directly after its commit; this is what makes it certain when that call was lost.
 #[derive(Debug)]
-pub struct ReleaseOnEnd {
+pub struct DeclarationOutcome {
     pub people: crate::people::People,
 }
 
-impl Handler for ReleaseOnEnd {
+impl Handler for DeclarationOutcome {
     async fn handle(&self, _transaction: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
         let changed = DeclarationChanged::decode(event.payload.as_ref())
             .map_err(|error| HandlerError::Poison(format!("not a DeclarationChanged: {error}")))?;
-        if !matches!(changed.state.as_str(), "withdrawn" | "rejected") {
+        if !matches!(changed.state.as_str(), "withdrawn" | "rejected" | "approved") {
             return Ok(());
         }
         let declaration_id = changed
@@ -71,6 +72,16 @@ impl Handler for ReleaseOnEnd {
             .parse()
             .map_err(|_| HandlerError::Poison(format!("declaration id {:?}", changed.declaration_id)))?;
         let actor = kit::audit::Actor { name: "system".into(), role: "system".into(), ..Default::default() };
+        if changed.state == "approved" {
+            let caller = proto::common::Caller { actor: "system".into(), role: "system".into(), ..Default::default() };
+            // Applying is idempotent by itself (applied_declarations), so it runs in its own transaction.
+            return self
+                .people
+                .apply(&caller, &changed.institution_code, &changed.declaration_id)
+                .await
+                .map(|_| ())
+                .map_err(|status| HandlerError::Retry(status.message().to_owned()));
+        }
         // Releasing is idempotent by itself, so it runs in its own transaction.
         self.people
             .release_on(&actor, &changed.institution_code, declaration_id)

@@ -4,9 +4,11 @@
 //! Modules in reading order: this file (configuration, start-up, the gRPC face), `check` (every rule of a person, a
 //! pure function), `codes` (the code lists), `people` (校验, 保存, 待办业务 and their storage), `population` (the
 //! population registry client and the development registry), `roster` (the declared rosters: freezing, releasing,
-//! snapshots), `events` (which agency handles each unit, from identity's events; releasing rosters on units'
-//! declaration events). ID numbers and accounts are sealed with `kit::sealing`.
+//! snapshots), `changes` (人员变更 after approval: open changes, applying an approved declaration), `conflicts`
+//! (stale registrations and each person's history), `events` (which agency handles each unit, from identity's
+//! events; releasing and applying rosters on units' declaration events). ID numbers and accounts are sealed with `kit::sealing`.
 
+mod changes;
 pub mod check;
 mod codes;
 mod conflicts;
@@ -22,6 +24,10 @@ use kit::process::Process;
 use kit::service::{Platform, Runtime, ServiceApp, ServiceConfig, ServiceDefaults};
 use proto::names::Service;
 use proto::personnel::personnel_server::{Personnel, PersonnelServer};
+use proto::personnel::{
+    ApplyDeclarationReply, ApplyDeclarationRequest, DeleteRosterChangeReply, DeleteRosterChangeRequest,
+    ListRosterChangesReply, ListRosterChangesRequest, RosterChangeItem, SaveRosterChangeRequest,
+};
 use proto::personnel::{
     CheckPersonRequest, CheckReply, Code, CodeList, CreatePersonRequest, DeletePersonReply, DeletePersonRequest,
     GetPersonRequest, ListCodesReply, ListCodesRequest, ListPersonsReply, ListPersonsRequest, Person, PersonReply,
@@ -100,7 +106,7 @@ pub async fn build(config: &Config, platform: &Platform, serve_admin: bool) -> a
     let declaration_consumer = events::declaration_consumer(&platform.namespace);
     let (pool, jetstream) = (runtime.pool.clone(), runtime.jetstream.clone());
     let (pool_2, jetstream_2) = (runtime.pool.clone(), runtime.jetstream.clone());
-    let release = Arc::new(events::ReleaseOnEnd { people: people.clone() });
+    let release = Arc::new(events::DeclarationOutcome { people: people.clone() });
     let app = ServiceApp::bind(runtime, PersonnelServer::new(api), (&config.service, &DEFAULTS), platform, serve_admin)
         .await?
         .with_background(move |shutdown| {
@@ -211,7 +217,7 @@ impl Personnel for PersonnelApi {
         let request = request.into_inner();
         let caller = request.caller.unwrap_or_default();
         self.people
-            .freeze(&caller, &request.institution_code, &request.declaration_id, &self.faults)
+            .freeze(&caller, &request.institution_code, &request.declaration_id, &request.kind, &self.faults)
             .await
             .map(Response::new)
     }
@@ -265,6 +271,42 @@ impl Personnel for PersonnelApi {
         self.people.history(&caller, &request.person_id).await.map(Response::new)
     }
 
+    async fn save_roster_change(
+        &self,
+        request: Request<SaveRosterChangeRequest>,
+    ) -> Result<Response<RosterChangeItem>, Status> {
+        let request = request.into_inner();
+        let caller = request.caller.clone().unwrap_or_default();
+        self.people.save_change(&caller, request).await.map(Response::new)
+    }
+
+    async fn list_roster_changes(
+        &self,
+        request: Request<ListRosterChangesRequest>,
+    ) -> Result<Response<ListRosterChangesReply>, Status> {
+        let caller = request.into_inner().caller.unwrap_or_default();
+        self.people.list_changes(&caller).await.map(Response::new)
+    }
+
+    async fn delete_roster_change(
+        &self,
+        request: Request<DeleteRosterChangeRequest>,
+    ) -> Result<Response<DeleteRosterChangeReply>, Status> {
+        let request = request.into_inner();
+        self.people.delete_change(&request.caller.unwrap_or_default(), &request.change_id).await?;
+        Ok(Response::new(DeleteRosterChangeReply {}))
+    }
+
+    async fn apply_declaration(
+        &self,
+        request: Request<ApplyDeclarationRequest>,
+    ) -> Result<Response<ApplyDeclarationReply>, Status> {
+        let request = request.into_inner();
+        let caller = request.caller.unwrap_or_default();
+        let applied = self.people.apply(&caller, &request.institution_code, &request.declaration_id).await?;
+        Ok(Response::new(ApplyDeclarationReply { applied }))
+    }
+
     async fn rotate_data_key(
         &self,
         request: Request<proto::common::RotateDataKeyRequest>,
@@ -272,7 +314,7 @@ impl Personnel for PersonnelApi {
         kit::sealing::rotate_for(
             &self.people.pool,
             &self.people.sealer,
-            &[people::PERSONS_SEALED, roster::SNAPSHOTS_SEALED],
+            &[people::PERSONS_SEALED, roster::SNAPSHOTS_SEALED, changes::CHANGES_SEALED],
             request.into_inner(),
         )
         .await

@@ -131,14 +131,81 @@ pub fn unit_of(caller: &Caller, named: &str, write: bool) -> Result<String, Stat
 /// The Idempotency-Keys of creates, by unit (`migrations/personnel/0004`).
 pub const IDEMPOTENCY_KEYS: Keys = Keys { table: "idempotency_keys", owner_column: "institution_code" };
 
+/// The values of a check that found no error, and the warnings it found as stored once accepted (with who and
+/// when); refused when there are errors, or warnings not in `accepted`.
+pub(crate) fn accepted_values(
+    checked: &Checked,
+    accepted: &[String],
+    actor: &str,
+) -> Result<(Values, Vec<serde_json::Value>), Status> {
+    let Some(values) = checked.values.clone() else {
+        let violations = checked
+            .errors
+            .iter()
+            .map(|finding| Violation::new(&finding.field, &finding.code, &finding.message))
+            .collect();
+        return Err(invalid(violations));
+    };
+    let unaccepted: Vec<Violation> = checked
+        .warnings
+        .iter()
+        .filter(|warning| !SELF_RESOLVING_WARNINGS.contains(&warning.code.as_str()))
+        .filter(|warning| !accepted.contains(&warning.code))
+        .map(|warning| Violation::new(&warning.field, &warning.code, &warning.message))
+        .collect();
+    if !unaccepted.is_empty() {
+        return Err(kit::status::with_violations(
+            Code::FailedPrecondition,
+            "warnings_not_accepted",
+            "有提示尚未确认：请核实后勾选确认，再保存",
+            unaccepted,
+        ));
+    }
+    let now = OffsetDateTime::now_utc();
+    let accepted_warnings = checked
+        .warnings
+        .iter()
+        .filter(|warning| !SELF_RESOLVING_WARNINGS.contains(&warning.code.as_str()))
+        .map(|warning| {
+            serde_json::json!({ "code": warning.code, "accepted_by": actor, "accepted_at": now.unix_timestamp() })
+        })
+        .collect();
+    Ok((values, accepted_warnings))
+}
+
+/// Adds an entry to a person's history (`person_history`), the ID number's blind index read from the person's row.
+pub(crate) async fn history(
+    connection: &mut PgConnection,
+    person_id: uuid::Uuid,
+    event: &str,
+    actor: &str,
+    reason: Option<&str>,
+    declaration_id: Option<uuid::Uuid>,
+) -> Result<(), Status> {
+    sqlx::query(
+        "insert into person_history (id_number_hmac, person_id, institution_code, event, actor, reason, \
+         declaration_id) select id_number_hmac, person_id, institution_code, $2, $3, $4, $5 from persons \
+         where person_id = $1",
+    )
+    .bind(person_id)
+    .bind(event)
+    .bind(actor)
+    .bind(reason)
+    .bind(declaration_id)
+    .execute(connection)
+    .await
+    .map(|_| ())
+    .map_err(kit::db::status)
+}
+
 /// Why a row was not written.
-enum WriteError {
+pub(crate) enum WriteError {
     /// The person's one active registration was taken by another save first.
     Taken,
     Database(Status),
 }
 
-fn not_found() -> Status {
+pub(crate) fn not_found() -> Status {
     refuse(Code::NotFound, "person_not_found", "没有找到该人员")
 }
 
@@ -250,7 +317,7 @@ impl People {
     }
 
     /// The refusal of a save that lost the race for a person to another save.
-    async fn registration_taken(&self, values: &Values, unit: &str, editing: Option<uuid::Uuid>) -> Status {
+    pub(crate) async fn registration_taken(&self, values: &Values, unit: &str, editing: Option<uuid::Uuid>) -> Status {
         let index = self.sealer.index(&values.id_type, &values.id_number);
         match self.registration_conflict(values, &index, unit, editing).await {
             Ok(Some(finding)) => invalid(vec![Violation::new(&finding.field, &finding.code, &finding.message)]),
@@ -259,21 +326,22 @@ impl People {
         }
     }
 
+    /// Refuses a direct change of the unit's people while a declaration holds them, and once the roster was
+    /// approved (changes go through change declarations then).
     async fn roster_locked(&self, connection: &mut PgConnection, unit: &str) -> Result<(), Status> {
-        // Shared with every other change of the unit's people, exclusive with freezing (`roster::freeze`): a save
-        // that found the roster open commits before a freeze reads it, so no snapshot misses a saved person.
-        crate::roster::share_roster(&mut *connection, unit).await?;
-        let locked: bool =
-            sqlx::query_scalar("select exists (select 1 from roster_locks where institution_code = $1 for share)")
-                .bind(unit)
-                .fetch_one(connection)
-                .await
-                .map_err(kit::db::status)?;
-        if locked {
+        let state = crate::roster::roster_state(connection, unit).await?;
+        if state.locked_by.is_some() {
             return Err(refuse(
                 Code::FailedPrecondition,
                 "roster_locked",
                 "本单位已申报，人员信息已锁定；如需修改请先申报撤回",
+            ));
+        }
+        if state.enrolled {
+            return Err(refuse(
+                Code::FailedPrecondition,
+                "roster_enrolled",
+                "本单位人员名单已审核通过，人员的增减和信息更正请在“人员变更”中办理并申报",
             ));
         }
         Ok(())
@@ -319,46 +387,25 @@ impl People {
         if let Some(person_id) = person_id {
             self.read(&unit, person_id, false).await?;
         }
-        let (checked, answer) = self.check(&unit, &input, person_id).await?;
         let object = format!("person:{}", person_id.map(|id| id.to_string()).unwrap_or_else(|| "new".into()));
         let action = if person_id.is_some() { "person.update" } else { "person.create" };
-        let Some(values) = checked.values.clone() else {
-            let violations = checked
-                .errors
-                .iter()
-                .map(|finding| Violation::new(&finding.field, &finding.code, &finding.message))
-                .collect();
-            let status = invalid(violations);
-            self.audit_refusal(&actor, action, &object, &status).await;
-            return Err(status);
-        };
-        let unaccepted: Vec<&Finding> = checked
-            .warnings
-            .iter()
-            .filter(|warning| !SELF_RESOLVING_WARNINGS.contains(&warning.code.as_str()))
-            .filter(|warning| !accepted.contains(&warning.code))
-            .collect();
-        if !unaccepted.is_empty() {
-            let violations: Vec<Violation> = unaccepted
-                .iter()
-                .map(|warning| Violation::new(&warning.field, &warning.code, &warning.message))
-                .collect();
-            let status = kit::status::with_violations(
-                Code::FailedPrecondition,
-                "warnings_not_accepted",
-                "有提示尚未确认：请核实后勾选确认，再保存",
-                violations,
-            );
+        // A roster closed to direct changes is said before the check, which would only ask for warnings to accept;
+        // the transaction below decides under the lock.
+        let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::unit(&unit)).await.map_err(kit::db::status)?;
+        if let Err(status) = self.roster_locked(&mut transaction, &unit).await {
+            drop(transaction);
             self.audit_refusal(&actor, action, &object, &status).await;
             return Err(status);
         }
-        let now = OffsetDateTime::now_utc();
-        let accepted_warnings: Vec<serde_json::Value> = checked
-            .warnings
-            .iter()
-            .filter(|warning| !SELF_RESOLVING_WARNINGS.contains(&warning.code.as_str()))
-            .map(|warning| serde_json::json!({ "code": warning.code, "accepted_by": actor.name, "accepted_at": now.unix_timestamp() }))
-            .collect();
+        transaction.commit().await.map_err(kit::db::status)?;
+        let (checked, answer) = self.check(&unit, &input, person_id).await?;
+        let (values, accepted_warnings) = match accepted_values(&checked, &accepted, &actor.name) {
+            Ok(accepted) => accepted,
+            Err(status) => {
+                self.audit_refusal(&actor, action, &object, &status).await;
+                return Err(status);
+            }
+        };
         let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::unit(&unit)).await.map_err(kit::db::status)?;
         if let Some(idempotency) = idempotency {
             // Claimed first, so a retry of a call still in flight waits here for it rather than racing it.
@@ -397,17 +444,7 @@ impl People {
             }
         }
         if !editing {
-            sqlx::query(
-                "insert into person_history (id_number_hmac, person_id, institution_code, event, actor) \
-                 values ($1, $2, $3, 'registered', $4)",
-            )
-            .bind(self.sealer.index(&values.id_type, &values.id_number))
-            .bind(person_id)
-            .bind(&unit)
-            .bind(&actor.name)
-            .execute(&mut *transaction)
-            .await
-            .map_err(kit::db::status)?;
+            history(&mut transaction, person_id, "registered", &actor.name, None, None).await?;
         }
         let object = format!("person:{person_id}");
         let record = audit::Record {
@@ -439,7 +476,7 @@ impl People {
 
     /// Inserts or updates one row (the caller has made sure an updated row is the unit's).
     #[allow(clippy::too_many_arguments)]
-    async fn write(
+    pub(crate) async fn write(
         &self,
         transaction: &mut PgConnection,
         unit: &str,
@@ -528,7 +565,7 @@ impl People {
     }
 
     /// One person of the unit, read on a connection whose transaction is scoped to the unit.
-    async fn read_on(
+    pub(crate) async fn read_on(
         &self,
         connection: &mut PgConnection,
         unit: &str,
@@ -558,7 +595,8 @@ impl People {
         let rows: Vec<PersonRow> = sqlx::query_as(concat!(
             "select ",
             person_columns!(),
-            " from persons where institution_code = $1 and ended_at is null order by kind desc, name, person_id"
+            " from persons where institution_code = $1 and ended_at is null and not pending_add \
+             order by kind desc, name, person_id"
         ))
         .bind(unit)
         .fetch_all(connection)
@@ -614,8 +652,8 @@ impl People {
         let name_filter = format!("%{}%", name.trim().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
         let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::unit(&unit)).await.map_err(kit::db::status)?;
         let total: i64 = sqlx::query_scalar(
-            "select count(*) from persons where institution_code = $1 and ended_at is null and ($2 = '' or kind = $2) \
-                 and name like $3",
+            "select count(*) from persons where institution_code = $1 and ended_at is null and not pending_add \
+                 and ($2 = '' or kind = $2) and name like $3",
         )
         .bind(&unit)
         .bind(kind.trim())
@@ -625,8 +663,8 @@ impl People {
         .map_err(kit::db::status)?;
         let rows: Vec<SummaryRow> = sqlx::query_as(
             "select person_id, kind, name, id_type, id_number_masked, sex, birth_date, population_status, updated_at \
-                 from persons where institution_code = $1 and ended_at is null and ($2 = '' or kind = $2) \
-                 and name like $3 \
+                 from persons where institution_code = $1 and ended_at is null and not pending_add \
+                 and ($2 = '' or kind = $2) and name like $3 \
                  order by updated_at desc, person_id limit $4 offset $5",
         )
         .bind(&unit)
@@ -685,7 +723,7 @@ impl People {
         Ok(())
     }
 
-    async fn audit_refusal(&self, actor: &Actor, action: &str, object: &str, status: &Status) {
+    pub(crate) async fn audit_refusal(&self, actor: &Actor, action: &str, object: &str, status: &Status) {
         let detail = serde_json::json!({ "reason": kit::status::reason(status) });
         let record = audit::Record { actor, action, object, outcome: Outcome::Refused, detail };
         let result = match self.pool.acquire().await {
@@ -805,12 +843,12 @@ struct PersonRow {
     deemed_periods: serde_json::Value,
 }
 
-fn month_text(month: Date) -> String {
+pub(crate) fn month_text(month: Date) -> String {
     format!("{:04}-{:02}", month.year(), u8::from(month.month()))
 }
 
 /// 视同缴费年限 as the `deemed_periods` column keeps them.
-fn deemed_json(periods: &[Deemed]) -> serde_json::Value {
+pub(crate) fn deemed_json(periods: &[Deemed]) -> serde_json::Value {
     periods
         .iter()
         .map(|period| {
@@ -820,7 +858,7 @@ fn deemed_json(periods: &[Deemed]) -> serde_json::Value {
         .collect()
 }
 
-fn deemed_of_json(stored: &serde_json::Value) -> Vec<DeemedPeriod> {
+pub(crate) fn deemed_of_json(stored: &serde_json::Value) -> Vec<DeemedPeriod> {
     let text = |row: &serde_json::Value, key: &str| row[key].as_str().unwrap_or_default().to_owned();
     stored
         .as_array()

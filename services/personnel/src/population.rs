@@ -35,6 +35,17 @@ impl Answer {
             Answer::Pending => "pending",
         }
     }
+
+    /// The answer `as_str` wrote; anything else is asked again later.
+    pub fn parse(stored: &str) -> Self {
+        match stored {
+            "found" => Answer::Found,
+            "not_found" => Answer::NotFound,
+            "name_mismatch" => Answer::NameMismatch,
+            "deceased" => Answer::Deceased,
+            _ => Answer::Pending,
+        }
+    }
 }
 
 /// The client. Connects lazily: personnel starts while the registry is down, and each lookup then answers Pending.

@@ -26,7 +26,7 @@ use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use tonic::{Code, Status};
 
-use crate::render::{KINDS, Renderer, Snapshot};
+use crate::render::{CHANGE_KINDS, KINDS, Renderer, Snapshot};
 
 /// The largest chunk a read returns: well under NATS's 1 MiB message.
 pub const CHUNK: usize = 512 * 1024;
@@ -154,18 +154,25 @@ impl Documents {
             unit: declaration.unit_snapshot.clone().unwrap_or_default(),
             agency_name: declaration.unit_snapshot.as_ref().map(|unit| unit.agency_name.clone()).unwrap_or_default(),
             persons: roster.persons,
+            change_items: roster.change_items,
             codes,
             verify_url: format!("{}/{declaration_id}/{digest}", self.verify_url.trim_end_matches('/')),
         };
         let renderer = self.renderer.clone();
+        // A first declaration prints the unit form and the rosters; a change declaration its 增减变动表.
+        let (kinds, bundle_title) = if declaration.kind == "change" {
+            (&CHANGE_KINDS[..], "人员增减变动表（一键打印）")
+        } else {
+            (&KINDS[..], "参保登记表（一键打印）")
+        };
         // Rendering is CPU work: off the async threads.
         let documents = tokio::task::spawn_blocking(move || {
             let mut documents = Vec::new();
-            for (kind, title) in KINDS {
-                documents.push((kind, title.to_owned(), renderer.render(&snapshot, &[kind])?));
+            for (kind, title) in kinds {
+                documents.push((*kind, (*title).to_owned(), renderer.render(&snapshot, &[kind])?));
             }
-            let all: Vec<&str> = KINDS.iter().map(|(kind, _)| *kind).collect();
-            documents.push(("bundle", "参保登记表（一键打印）".to_owned(), renderer.render(&snapshot, &all)?));
+            let all: Vec<&str> = kinds.iter().map(|(kind, _)| *kind).collect();
+            documents.push(("bundle", bundle_title.to_owned(), renderer.render(&snapshot, &all)?));
             Ok::<_, crate::render::RenderError>(documents)
         })
         .await

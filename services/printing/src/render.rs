@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use proto::personnel::Person;
+use proto::personnel::{Person, RosterChangeItem};
 use proto::units::UnitRecord;
 use typst::foundations::{Dict, IntoValue};
 use typst_as_lib::{TypstEngine, TypstTemplateMainFile};
@@ -21,19 +21,29 @@ pub struct Snapshot {
     pub unit: UnitRecord,
     pub agency_name: String,
     pub persons: Vec<Person>,
+    /// A change declaration's changes (增员, 减员, 变更), in the order they were made.
+    pub change_items: Vec<RosterChangeItem>,
     /// list → code → label, of units' and personnel's code lists together.
     pub codes: BTreeMap<String, BTreeMap<String, String>>,
     /// What the QR code holds: the address of the verification page of this declaration and its digest.
     pub verify_url: String,
 }
 
-/// The kinds of form, in the order of 一键打印.
+/// The kinds of form of a unit's first declaration, in the order of 一键打印.
 pub const KINDS: [(&str, &str); 4] = [
     ("unit_form", "机关事业单位养老保险参保单位登记表"),
     ("staff_roster", "工作人员参保登记花名册"),
     ("retiree_pre_reform_roster", "2014年10月1日前退休人员参保登记花名册"),
     ("retiree_post_reform_roster", "2014年10月1日后退休人员参保登记花名册"),
 ];
+
+/// The form of a change declaration.
+pub const CHANGE_KINDS: [(&str, &str); 1] = [("change_form", "机关事业单位养老保险人员增减变动表")];
+
+/// Every kind of form with its title.
+fn title_of(kind: &str) -> Option<&'static str> {
+    KINDS.iter().chain(CHANGE_KINDS.iter()).find(|(known, _)| *known == kind).map(|(_, title)| *title)
+}
 
 /// One rendered PDF.
 #[derive(Debug, Clone)]
@@ -82,11 +92,12 @@ impl Renderer {
     pub fn render(&self, snapshot: &Snapshot, kinds: &[&str]) -> Result<Rendered, RenderError> {
         let forms: Vec<serde_json::Value> = KINDS
             .iter()
+            .chain(CHANGE_KINDS.iter())
             .filter(|(kind, _)| kinds.contains(kind))
             .map(|(kind, title)| form(snapshot, kind, title))
             .collect();
         let title = if kinds.len() == 1 {
-            KINDS.iter().find(|(kind, _)| *kind == kinds[0]).map_or("", |(_, title)| title).to_owned()
+            title_of(kinds[0]).unwrap_or_default().to_owned()
         } else {
             "机关事业单位养老保险参保登记表（一键打印）".to_owned()
         };
@@ -117,6 +128,9 @@ fn label(snapshot: &Snapshot, list: &str, code: &str) -> String {
 fn form(snapshot: &Snapshot, kind: &str, title: &str) -> serde_json::Value {
     if kind == "unit_form" {
         return serde_json::json!({ "kind": kind, "title": title, "fields": unit_fields(snapshot) });
+    }
+    if kind == "change_form" {
+        return change_form(snapshot, title);
     }
     let person_kind = match kind {
         "staff_roster" => "staff",
@@ -183,6 +197,59 @@ fn form(snapshot: &Snapshot, kind: &str, title: &str) -> serde_json::Value {
     serde_json::json!({ "kind": kind, "title": title, "columns": columns, "widths": widths, "rows": rows })
 }
 
+/// 增减变动表: one row per change, with what it changes; the unit, the operator and the agency sign below.
+fn change_form(snapshot: &Snapshot, title: &str) -> serde_json::Value {
+    let (columns, widths): (Vec<&str>, Vec<f64>) = [
+        ("序号", 0.6),
+        ("变动类型", 0.9),
+        ("姓名", 1.1),
+        ("证件号码", 2.3),
+        ("人员类别", 1.8),
+        ("变动日期", 1.2),
+        ("变动内容", 3.4),
+    ]
+    .into_iter()
+    .unzip();
+    let rows: Vec<Vec<String>> = snapshot
+        .change_items
+        .iter()
+        .enumerate()
+        .map(|(n, item)| {
+            let person = item.person.clone().unwrap_or_default();
+            let kinds = if item.new_kind == item.kind {
+                item.kind_label.clone()
+            } else {
+                format!("{} → {}", item.kind_label, item.new_kind_label)
+            };
+            let what = match item.action.as_str() {
+                "add" => format!(
+                    "新参保：{}，{}生，{}参加工作，{}",
+                    person.sex_label,
+                    person.birth_date,
+                    person.work_start,
+                    label(snapshot, "funding_form", &person.funding_form)
+                ),
+                "remove" if item.leave_reason == "retirement" => format!(
+                    "退休：{}，基本退休费{}元/月，{}起发放",
+                    label(snapshot, "retirement_category", &person.retirement_category),
+                    person.monthly_pension,
+                    person.pay_start_month
+                ),
+                "remove" => item.leave_reason_label.clone(),
+                _ => item
+                    .fields
+                    .iter()
+                    .map(|diff| format!("{}：{} → {}", diff.label, diff.before, diff.after))
+                    .collect::<Vec<_>>()
+                    .join("；"),
+            };
+            let date = if item.action == "add" { person.joined_unit.clone() } else { item.leave_date.clone() };
+            vec![(n + 1).to_string(), item.action_label.clone(), item.name.clone(), person.id_number, kinds, date, what]
+        })
+        .collect();
+    serde_json::json!({ "kind": "change_form", "title": title, "columns": columns, "widths": widths, "rows": rows })
+}
+
 /// The unit form's rows: label, value, and how many columns the value spans (1 or 3).
 fn unit_fields(snapshot: &Snapshot) -> Vec<(String, String, u8)> {
     let unit = &snapshot.unit;
@@ -225,12 +292,12 @@ fn unit_fields(snapshot: &Snapshot) -> Vec<(String, String, u8)> {
 mod tests {
     use super::*;
 
-    fn renderer() -> Renderer {
+    pub(super) fn renderer() -> Renderer {
         let files = ["NotoSansCJK-Regular.ttc".to_owned(), "NotoSansCJK-Bold.ttc".to_owned()];
         Renderer::new(Path::new("/usr/share/fonts/opentype/noto"), &files, "Noto Sans CJK SC").expect("fonts")
     }
 
-    fn text_of(pdf: &[u8]) -> String {
+    pub(super) fn text_of(pdf: &[u8]) -> String {
         let file = tempfile::NamedTempFile::new().expect("temp file");
         std::fs::write(file.path(), pdf).expect("write");
         let output = std::process::Command::new("pdftotext").arg(file.path()).arg("-").output().expect("pdftotext");
@@ -272,5 +339,81 @@ mod tests {
         assert_eq!(running.last(), Some(&60));
         assert!(running.windows(2).all(|pair| pair[0] < pair[1]));
         assert!(counts(&text, "合计").iter().all(|total| *total == 60));
+    }
+}
+
+#[cfg(test)]
+mod change_form_tests {
+    use proto::personnel::{FieldDiff, RosterChangeItem};
+
+    use super::*;
+
+    #[test]
+    fn the_change_form_lists_each_change_with_what_it_changes_and_the_signatures() {
+        let person = |name: &str, id_number: &str| Person {
+            name: name.into(),
+            id_number: id_number.into(),
+            sex_label: "女".into(),
+            birth_date: "1991-05-06".into(),
+            work_start: "2013-07-01".into(),
+            joined_unit: "2026-11-01".into(),
+            funding_form: "1".into(),
+            ..Person::default()
+        };
+        let item = |action: &str, label: &str, name: &str, id_number: &str| RosterChangeItem {
+            action: action.into(),
+            action_label: label.into(),
+            name: name.into(),
+            kind: "staff".into(),
+            kind_label: "在职人员".into(),
+            new_kind: "staff".into(),
+            new_kind_label: "在职人员".into(),
+            person: Some(person(name, id_number)),
+            ..RosterChangeItem::default()
+        };
+        let items = vec![
+            item("add", "增员", "王芳", "230502199105062341"),
+            RosterChangeItem {
+                leave_date: "2026-11-30".into(),
+                leave_reason: "transfer".into(),
+                leave_reason_label: "调出".into(),
+                ..item("remove", "减员", "张伟", "230502198001011238")
+            },
+            RosterChangeItem {
+                fields: vec![FieldDiff {
+                    field: "phone".into(),
+                    label: "联系电话".into(),
+                    before: String::new(),
+                    after: "13904691111".into(),
+                }],
+                ..item("update", "变更", "李娜", "230502199002152344")
+            },
+        ];
+        let mut codes = BTreeMap::new();
+        codes.insert("funding_form".to_owned(), BTreeMap::from([("1".to_owned(), "全额拨款".to_owned())]));
+        let snapshot = Snapshot {
+            change_items: items,
+            codes,
+            verify_url: "http://127.0.0.1/verify/x/y".into(),
+            ..Snapshot::default()
+        };
+        let rendered = tests::renderer().render(&snapshot, &["change_form"]).expect("renders");
+        let text = tests::text_of(&rendered.pdf);
+        for expected in [
+            "机关事业单位养老保险人员增减变动表",
+            "增员",
+            "王芳",
+            "230502199105062341",
+            "新参保：女，1991-05-06生，2013-07-01参加工作，全额拨款",
+            "减员",
+            "调出",
+            "2026-11-30",
+            "联系电话：→13904691111",
+            "单位（盖章）",
+            "经办机构审核意见",
+            "本页3人",
+        ] {
+            assert!(text.contains(expected), "{expected} in {text}");
+        }
     }
 }

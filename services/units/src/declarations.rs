@@ -19,7 +19,7 @@ use proto::common::Caller;
 use proto::events::DeclarationChanged;
 use proto::names::Namespace;
 use proto::personnel::personnel_client::PersonnelClient;
-use proto::personnel::{FreezeRosterRequest, ReleaseRosterRequest, RosterSnapshot};
+use proto::personnel::{ApplyDeclarationRequest, FreezeRosterRequest, ReleaseRosterRequest, RosterSnapshot};
 use proto::units::{AcceptedUnitWarning, Declaration, FieldChange, ListReviewQueueReply, Transition, UnitRecord};
 use sha2::{Digest as _, Sha256};
 use sqlx::PgConnection;
@@ -69,6 +69,15 @@ pub fn unit_state(state: &str) -> &'static str {
         "claimed" => "under_review",
         "approved" => "approved",
         _ => "draft",
+    }
+}
+
+/// The label of a declaration's kind: a unit's first (the whole roster) or a change declaration (only what changed
+/// since approval).
+pub fn kind_label(kind: &str) -> &'static str {
+    match kind {
+        "change" => "人员变更申报",
+        _ => "参保登记申报",
     }
 }
 
@@ -169,13 +178,17 @@ struct DeclarationRow {
     staff_count: i32,
     retiree_pre_reform_count: i32,
     retiree_post_reform_count: i32,
+    kind: String,
+    add_count: i32,
+    remove_count: i32,
+    update_count: i32,
     unit_name: String,
 }
 
 const DECLARATION_COLUMNS: &str = "d.declaration_id, d.institution_code, d.agency_code, d.state, d.created_at, \
     d.created_by, d.declared_at, d.claimed_by, d.reason, d.unit_number, d.unit_snapshot, d.key_version, \
     d.unit_digest, d.roster_digest, d.accepted_warnings, d.staff_count, d.retiree_pre_reform_count, \
-    d.retiree_post_reform_count, u.unit_name";
+    d.retiree_post_reform_count, d.kind, d.add_count, d.remove_count, d.update_count, u.unit_name";
 
 fn select_declarations(condition: &str) -> String {
     format!("select {DECLARATION_COLUMNS} from declarations d join units u using (institution_code) where {condition}")
@@ -316,13 +329,18 @@ impl Declarations {
         .execute(&mut *transaction)
         .await
         .map_err(kit::db::status)?;
-        sqlx::query("update units set state = $2, unit_number = coalesce($3, unit_number) where institution_code = $1")
+        // A change declaration leaves the unit approved throughout: only its roster changes, and only on approval.
+        if row.kind == "initial" {
+            sqlx::query(
+                "update units set state = $2, unit_number = coalesce($3, unit_number) where institution_code = $1",
+            )
             .bind(&row.institution_code)
             .bind(unit_state(to))
             .bind(unit_number)
             .execute(&mut *transaction)
             .await
             .map_err(kit::db::status)?;
+        }
         if matches!(to, "declared" | "withdrawn" | "claimed" | "approved" | "rejected") {
             let event_id = kit::outbox::new_event_id();
             let event = DeclarationChanged {
@@ -336,6 +354,7 @@ impl Declarations {
                 unit_number: unit_number.unwrap_or_default().to_owned(),
                 unit_digest: row.unit_digest.clone().unwrap_or_default(),
                 roster_digest: row.roster_digest.clone().unwrap_or_default(),
+                kind: row.kind.clone(),
             };
             let subject = self.namespace.event_subject("units", &format!("declaration.{to}"));
             kit::outbox::enqueue(&mut *transaction, event_id, &subject, &event.encode_to_vec())
@@ -344,7 +363,8 @@ impl Declarations {
         }
         let object = format!("declaration:{}", row.declaration_id);
         let action = format!("declaration.{to}");
-        let detail = serde_json::json!({ "unit": row.institution_code, "from": from, "reason": reason });
+        let detail =
+            serde_json::json!({ "unit": row.institution_code, "kind": row.kind, "from": from, "reason": reason });
         let record = audit::Record { actor, action: &action, object: &object, outcome: Outcome::Success, detail };
         audit::append(transaction, &record).await.map_err(kit::db::status)?;
         Ok(())
@@ -390,14 +410,26 @@ impl Declarations {
         sqlx::query_as(sqlx::AssertSqlSafe(query)).bind(key).fetch_optional(transaction).await.map_err(kit::db::status)
     }
 
-    /// 确认申报.
-    pub async fn declare(&self, caller: &Caller) -> Result<Declaration, Status> {
+    /// 确认申报: the unit's first declaration (`kind` "" or "initial") or, once it was approved, a change
+    /// declaration ("change").
+    pub async fn declare(&self, caller: &Caller, kind: &str) -> Result<Declaration, Status> {
         let object = format!("unit:{}", caller.institution_code);
-        self.audited(caller, "declaration.declare", &object, self.declare_once(caller)).await
+        self.audited(caller, "declaration.declare", &object, self.declare_once(caller, kind)).await
     }
 
-    async fn declare_once(&self, caller: &Caller) -> Result<Declaration, Status> {
+    async fn declare_once(&self, caller: &Caller, kind: &str) -> Result<Declaration, Status> {
         let unit = operator_unit(caller, "只有本单位的经办员可以申报")?;
+        let kind = match kind.trim() {
+            "" | "initial" => "initial",
+            "change" => "change",
+            _ => {
+                return Err(invalid(vec![Violation::new(
+                    "kind",
+                    "invalid_kind",
+                    "申报类别只能是 initial（参保登记申报）或 change（人员变更申报）",
+                )]));
+            }
+        };
         let actor = Actor::of(caller);
         let pool = &self.runtime.pool;
         let mut transaction = kit::db::begin_scoped(pool, &Scope::unit(&unit)).await.map_err(kit::db::status)?;
@@ -410,10 +442,21 @@ impl Declarations {
         let Some(state) = state else {
             return Err(refuse(Code::NotFound, "unit_not_found", "单位的参保信息尚未建立，请重新登录后再试"));
         };
-        match state.as_str() {
-            "draft" => {}
-            "approved" => {
-                return Err(refuse(Code::FailedPrecondition, "already_approved", "本单位已参保，无需再次申报"));
+        match (kind, state.as_str()) {
+            ("initial", "draft") | ("change", "approved") => {}
+            ("initial", "approved") => {
+                return Err(refuse(
+                    Code::FailedPrecondition,
+                    "already_approved",
+                    "本单位已参保，无需再次申报；人员的增减和信息更正请办理人员变更申报",
+                ));
+            }
+            ("change", "draft") => {
+                return Err(refuse(
+                    Code::FailedPrecondition,
+                    "not_approved",
+                    "本单位的参保登记尚未审核通过，审核通过后才能办理人员变更申报",
+                ));
             }
             _ => {
                 return Err(refuse(
@@ -442,8 +485,8 @@ impl Declarations {
         let declaration_id = kit::outbox::new_event_id();
         let inserted = sqlx::query(
             "insert into declarations (declaration_id, institution_code, agency_code, state, created_by, \
-             unit_snapshot, key_version, unit_digest, accepted_warnings) \
-             values ($1, $2, $3, 'declaring', $4, $5, $6, $7, $8)",
+             unit_snapshot, key_version, unit_digest, accepted_warnings, kind) \
+             values ($1, $2, $3, 'declaring', $4, $5, $6, $7, $8, $9)",
         )
         .bind(declaration_id)
         .bind(&unit)
@@ -453,6 +496,7 @@ impl Declarations {
         .bind(self.sealer.version())
         .bind(&unit_digest)
         .bind(accepted)
+        .bind(kind)
         .execute(&mut *transaction)
         .await;
         match inserted {
@@ -467,16 +511,24 @@ impl Declarations {
         transaction.commit().await.map_err(kit::db::status)?;
         self.faults.hit("declare.after_declaring")?;
 
-        let frozen = self.freeze(&actor.name, &unit, declaration_id).await;
+        let frozen = self.freeze(&actor.name, &unit, declaration_id, kind).await;
         self.faults.hit("declare.after_freeze")?;
         self.settle(declaration_id, &unit, frozen, caller).await
     }
 
-    async fn freeze(&self, actor: &str, unit: &str, declaration_id: uuid::Uuid) -> Result<RosterSnapshot, Status> {
+    /// Personnel's step: the whole roster for a first declaration, the open changes for a change declaration.
+    async fn freeze(
+        &self,
+        actor: &str,
+        unit: &str,
+        declaration_id: uuid::Uuid,
+        kind: &str,
+    ) -> Result<RosterSnapshot, Status> {
         let mut request = tonic::Request::new(FreezeRosterRequest {
             caller: Some(Self::system_caller(actor)),
             institution_code: unit.to_owned(),
             declaration_id: declaration_id.to_string(),
+            kind: if kind == "change" { "changes" } else { "roster" }.to_owned(),
         });
         request.set_timeout(self.saga.freeze_timeout);
         self.personnel.clone().freeze_roster(request).await.map(tonic::Response::into_inner)
@@ -518,18 +570,25 @@ impl Declarations {
             if let Some(snapshot) = &snapshot {
                 row.roster_digest = Some(snapshot.digest.clone());
             }
+            let count = |read: fn(&RosterSnapshot) -> u32| {
+                snapshot.as_ref().map_or(0, |snapshot| i32::try_from(read(snapshot)).unwrap_or(i32::MAX))
+            };
             sqlx::query(
                 "update declarations set state = $2, declared_at = case when $2 = 'declared' then now() end, \
                  roster_digest = $3, reason = $4, staff_count = $5, retiree_pre_reform_count = $6, \
-                 retiree_post_reform_count = $7 where declaration_id = $1",
+                 retiree_post_reform_count = $7, add_count = $8, remove_count = $9, update_count = $10 \
+                 where declaration_id = $1",
             )
             .bind(declaration_id)
             .bind(to)
             .bind(&row.roster_digest)
             .bind(&reason)
-            .bind(snapshot.as_ref().map_or(0, |s| i32::try_from(s.staff_count).unwrap_or(i32::MAX)))
-            .bind(snapshot.as_ref().map_or(0, |s| i32::try_from(s.retiree_pre_reform_count).unwrap_or(i32::MAX)))
-            .bind(snapshot.as_ref().map_or(0, |s| i32::try_from(s.retiree_post_reform_count).unwrap_or(i32::MAX)))
+            .bind(count(|s| s.staff_count))
+            .bind(count(|s| s.retiree_pre_reform_count))
+            .bind(count(|s| s.retiree_post_reform_count))
+            .bind(count(|s| s.add_count))
+            .bind(count(|s| s.remove_count))
+            .bind(count(|s| s.update_count))
             .execute(&mut *transaction)
             .await
             .map_err(kit::db::status)?;
@@ -550,8 +609,8 @@ impl Declarations {
     /// many were.
     pub async fn settle_unsettled(&self) -> Result<usize, Status> {
         let mut transaction = kit::db::begin_scoped(&self.runtime.pool, &Scope::All).await.map_err(kit::db::status)?;
-        let unsettled: Vec<(uuid::Uuid, String)> = sqlx::query_as(
-            "select declaration_id, institution_code from declarations where state = 'declaring' \
+        let unsettled: Vec<(uuid::Uuid, String, String)> = sqlx::query_as(
+            "select declaration_id, institution_code, kind from declarations where state = 'declaring' \
              and created_at < now() - $1::interval order by created_at limit 100",
         )
         .bind(format!("{} milliseconds", self.saga.settle_after.as_millis()))
@@ -560,8 +619,8 @@ impl Declarations {
         .map_err(kit::db::status)?;
         transaction.commit().await.map_err(kit::db::status)?;
         let mut settled = 0;
-        for (declaration_id, unit) in unsettled {
-            let frozen = self.freeze("system", &unit, declaration_id).await;
+        for (declaration_id, unit, kind) in unsettled {
+            let frozen = self.freeze("system", &unit, declaration_id, &kind).await;
             if matches!(&frozen, Err(status) if !is_refusal(status)) {
                 continue;
             }
@@ -620,6 +679,19 @@ impl Declarations {
         };
         if let Err(status) = self.personnel.clone().release_roster(request).await {
             tracing::warn!(%declaration_id, code = ?status.code(), "roster not released at once: the event will");
+        }
+    }
+
+    /// Asks personnel to make the approved declaration take effect now (the first enrolls the roster, a change
+    /// declaration's changes are applied); when this is lost, personnel's consumer of the event does it.
+    async fn apply(&self, actor: &str, unit: &str, declaration_id: uuid::Uuid) {
+        let request = ApplyDeclarationRequest {
+            caller: Some(Self::system_caller(actor)),
+            institution_code: unit.to_owned(),
+            declaration_id: declaration_id.to_string(),
+        };
+        if let Err(status) = self.personnel.clone().apply_declaration(request).await {
+            tracing::warn!(%declaration_id, code = ?status.code(), "approval not applied at once: the event will");
         }
     }
 
@@ -728,8 +800,10 @@ impl Declarations {
         self.move_to(&mut transaction, &actor, &row, step, reason.as_deref(), unit_number.as_deref()).await?;
         transaction.commit().await.map_err(kit::db::status)?;
         self.runtime.wake_relay();
-        if step == Step::Reject {
-            self.release(&actor.name, &row.institution_code, declaration_id).await;
+        match step {
+            Step::Reject => self.release(&actor.name, &row.institution_code, declaration_id).await,
+            Step::Approve => self.apply(&actor.name, &row.institution_code, declaration_id).await,
+            _ => {}
         }
         self.read(&scope, declaration_id, caller).await
     }
@@ -789,10 +863,12 @@ impl Declarations {
         .await
         .map_err(kit::db::status)?;
         let previous: Option<DeclarationRow> = sqlx::query_as(sqlx::AssertSqlSafe(select_declarations(
-            "d.institution_code = $1 and d.state = 'rejected' and d.created_at < $2 order by d.created_at desc limit 1",
+            "d.institution_code = $1 and d.state = 'rejected' and d.created_at < $2 and d.kind = $3 \
+             order by d.created_at desc limit 1",
         )))
         .bind(&row.institution_code)
         .bind(row.created_at)
+        .bind(&row.kind)
         .fetch_optional(&mut *transaction)
         .await
         .map_err(kit::db::status)?;
@@ -867,6 +943,11 @@ impl Declarations {
             can_withdraw: caller.role == "unit_operator" && row.state == "declared",
             can_claim: reviewer && row.state == "declared",
             can_decide: reviewer && row.state == "claimed" && row.claimed_by.as_deref() == Some(caller.actor.as_str()),
+            kind: row.kind.clone(),
+            kind_label: kind_label(&row.kind).to_owned(),
+            add_count: count(row.add_count),
+            remove_count: count(row.remove_count),
+            update_count: count(row.update_count),
         }
     }
 

@@ -156,8 +156,9 @@ impl Units for UnitsApi {
     }
 
     async fn declare(&self, request: Request<DeclareRequest>) -> Result<Response<Declaration>, Status> {
-        let caller = request.into_inner().caller.unwrap_or_default();
-        self.declarations.declare(&caller).await.map(Response::new)
+        let request = request.into_inner();
+        let caller = request.caller.unwrap_or_default();
+        self.declarations.declare(&caller, &request.kind).await.map(Response::new)
     }
 
     async fn withdraw_declaration(

@@ -59,8 +59,12 @@ async fn freeze(
     personnel: &TestPersonnel,
     declaration_id: &str,
 ) -> Result<proto::personnel::RosterSnapshot, tonic::Status> {
-    let request =
-        FreezeRosterRequest { caller: system(), institution_code: UNIT.into(), declaration_id: declaration_id.into() };
+    let request = FreezeRosterRequest {
+        caller: system(),
+        institution_code: UNIT.into(),
+        declaration_id: declaration_id.into(),
+        ..Default::default()
+    };
     personnel.client.clone().freeze_roster(request).await.map(|reply| reply.into_inner())
 }
 
@@ -93,6 +97,7 @@ async fn a_frozen_roster_is_read_masked_by_the_unit_and_its_reviewer_and_in_full
             caller: operator(UNIT),
             institution_code: UNIT.into(),
             declaration_id: declaration.clone(),
+            ..Default::default()
         })
         .await;
     assert_eq!(operator_freezing.expect_err("platform only").code(), Code::PermissionDenied);

@@ -236,3 +236,68 @@ async fn a_declaration_is_rendered_once_however_often_its_event_arrives_or_the_r
         .expect("audit");
     assert_eq!(rendered, 1, "rendered once");
 }
+
+#[tokio::test]
+async fn a_change_declaration_prints_its_changes_on_the_change_form() {
+    let platform = spawn().await;
+    let unit = "230500045";
+    let first = platform.declared_unit(unit).await;
+    platform.rendered(unit, &first.declaration_id).await;
+    let review = |id: &str| proto::units::ReviewRequest { caller: reviewer(AGENCY), declaration_id: id.into() };
+    platform.units.clone().claim_declaration(review(&first.declaration_id)).await.expect("claimed");
+    platform.units.clone().approve_declaration(review(&first.declaration_id)).await.expect("approved");
+    let listed =
+        proto::personnel::ListPersonsRequest { caller: operator(unit), name: "张伟".into(), ..Default::default() };
+    let zhang = platform.personnel.clone().list_persons(listed).await.expect("listed").into_inner().persons[0]
+        .person_id
+        .clone();
+    let transfer = proto::personnel::SaveRosterChangeRequest {
+        caller: operator(unit),
+        action: "remove".into(),
+        person_id: zhang,
+        leave_date: "2026-11-30".into(),
+        leave_reason: "transfer".into(),
+        ..Default::default()
+    };
+    platform.personnel.clone().save_roster_change(transfer).await.expect("减员 saved");
+    let newcomer = proto::personnel::PersonInput {
+        name: "王芳".into(),
+        id_number: "230502199105062341".into(),
+        ..crate::helpers::people().remove(0)
+    };
+    let add = proto::personnel::SaveRosterChangeRequest {
+        caller: operator(unit),
+        action: "add".into(),
+        person: Some(newcomer),
+        ..Default::default()
+    };
+    platform.personnel.clone().save_roster_change(add).await.expect("增员 saved");
+    let declare = proto::units::DeclareRequest { caller: operator(unit), kind: "change".into() };
+    let change = platform.units.clone().declare(declare).await.expect("declared").into_inner();
+
+    let documents = platform.rendered(unit, &change.declaration_id).await;
+    let kinds: Vec<&str> = documents.documents.iter().map(|document| document.kind.as_str()).collect();
+    assert_eq!(kinds, ["change_form", "bundle"]);
+    let pdf = download_kind(&platform, unit, &documents, "change_form").await;
+    std::fs::write(artifacts().join("change-form.pdf"), &pdf).expect("kept");
+    let text = text_of(&pdf);
+    for expected in [
+        "机关事业单位养老保险人员增减变动表",
+        "双鸭山市财政局",
+        "减员",
+        "张伟",
+        "230502198001011238",
+        "2026-11-30",
+        "调出",
+        "增员",
+        "王芳",
+        "230502199105062341",
+        "新参保",
+        "单位（盖章）",
+        "经办机构审核意见",
+        &change.declaration_id,
+    ] {
+        assert!(text.contains(expected), "the change form shows {expected}: {text}");
+    }
+    assert!(!text.contains("李娜"), "people who did not change are not on the change form");
+}

@@ -139,7 +139,7 @@ impl TestPlatform {
             };
             self.personnel.clone().create_person(request).await.expect("person saved");
         }
-        let declare = proto::units::DeclareRequest { caller: operator(unit) };
+        let declare = proto::units::DeclareRequest { caller: operator(unit), ..Default::default() };
         self.units.clone().declare(declare).await.expect("declared").into_inner()
     }
 

@@ -17,8 +17,8 @@ use tonic::Code;
 
 use crate::helpers::{TestPersonnel, TestUnits, operator, spawn_units_with, staff};
 
-const AGENCY: &str = "230500";
-const OTHER_AGENCY: &str = "230100";
+pub(crate) const AGENCY: &str = "230500";
+pub(crate) const OTHER_AGENCY: &str = "230100";
 
 fn fast_reconciler(config: &mut units::Config) {
     config.declarations.settle_after = Duration::ZERO;
@@ -27,12 +27,12 @@ fn fast_reconciler(config: &mut units::Config) {
 }
 
 /// The reconciler waits long enough that only the tests that want it see it act.
-fn patient_reconciler(config: &mut units::Config) {
+pub(crate) fn patient_reconciler(config: &mut units::Config) {
     config.declarations.settle_after = Duration::from_secs(3600);
     config.declarations.freeze_timeout = Duration::from_secs(2);
 }
 
-fn record() -> UnitRecordInput {
+pub(crate) fn record() -> UnitRecordInput {
     UnitRecordInput {
         unit_type: "机关".into(),
         region_code: "230502".into(),
@@ -52,7 +52,7 @@ fn record() -> UnitRecordInput {
     }
 }
 
-fn staff_member(name: &str, id_number: &str) -> PersonInput {
+pub(crate) fn staff_member(name: &str, id_number: &str) -> PersonInput {
     PersonInput {
         kind: "staff".into(),
         name: name.into(),
@@ -68,28 +68,28 @@ fn staff_member(name: &str, id_number: &str) -> PersonInput {
 }
 
 /// A valid 18-digit ID number born in 1985 with sequence `n`.
-fn id_number(n: u32) -> String {
+pub(crate) fn id_number(n: u32) -> String {
     validators::id_number::with_check_char(&format!("230502198503{:02}{:03}", 1 + n % 28, n % 1000))
 }
 
 /// Names may hold only Chinese characters, letters and "·".
-fn person_name(n: usize) -> String {
+pub(crate) fn person_name(n: usize) -> String {
     let names = ["甲", "乙", "丙", "丁", "戊", "己", "庚", "辛", "壬", "癸"];
     format!("人员{}{}", names[n % 10], names[n / 10 % 10])
 }
 
-struct Saga {
-    units: TestUnits,
-    personnel: TestPersonnel,
+pub(crate) struct Saga {
+    pub(crate) units: TestUnits,
+    pub(crate) personnel: TestPersonnel,
 }
 
-async fn saga(change: impl FnOnce(&mut units::Config)) -> Saga {
+pub(crate) async fn saga(change: impl FnOnce(&mut units::Config)) -> Saga {
     let units = spawn_units_with(change).await;
     let personnel = TestPersonnel::start(&units).await;
     Saga { units, personnel }
 }
 
-fn reviewer(agency: &str) -> Option<Caller> {
+pub(crate) fn reviewer(agency: &str) -> Option<Caller> {
     staff("agency_reviewer", agency)
 }
 
@@ -99,7 +99,7 @@ fn other_reviewer(agency: &str) -> Option<Caller> {
 
 impl Saga {
     /// A unit with a complete record and `people` staff members.
-    async fn ready_unit(&self, unit: &str, people: u32) {
+    pub(crate) async fn ready_unit(&self, unit: &str, people: u32) {
         self.units.draft(unit, AGENCY).await;
         self.units
             .client
@@ -113,7 +113,7 @@ impl Saga {
         }
     }
 
-    async fn add_person(&self, unit: &str, name: &str, id_number: &str) -> Result<String, tonic::Status> {
+    pub(crate) async fn add_person(&self, unit: &str, name: &str, id_number: &str) -> Result<String, tonic::Status> {
         let request = CreatePersonRequest {
             caller: operator(unit),
             person: Some(PersonInput {
@@ -126,7 +126,13 @@ impl Saga {
         Ok(reply.person.map(|person| person.person_id).unwrap_or_default())
     }
 
-    async fn rename_person(&self, unit: &str, person_id: &str, name: &str, id: &str) -> Result<(), tonic::Status> {
+    pub(crate) async fn rename_person(
+        &self,
+        unit: &str,
+        person_id: &str,
+        name: &str,
+        id: &str,
+    ) -> Result<(), tonic::Status> {
         let request = UpdatePersonRequest {
             caller: operator(unit),
             person_id: person_id.into(),
@@ -138,36 +144,46 @@ impl Saga {
         self.personnel.client.clone().update_person(request).await.map(|_| ())
     }
 
-    async fn declare(&self, unit: &str) -> Result<Declaration, tonic::Status> {
-        self.units.client.clone().declare(DeclareRequest { caller: operator(unit) }).await.map(|r| r.into_inner())
+    pub(crate) async fn declare(&self, unit: &str) -> Result<Declaration, tonic::Status> {
+        self.units
+            .client
+            .clone()
+            .declare(DeclareRequest { caller: operator(unit), ..Default::default() })
+            .await
+            .map(|r| r.into_inner())
     }
 
-    async fn withdraw(&self, unit: &str) -> Result<Declaration, tonic::Status> {
+    pub(crate) async fn withdraw(&self, unit: &str) -> Result<Declaration, tonic::Status> {
         let request = WithdrawDeclarationRequest { caller: operator(unit) };
         self.units.client.clone().withdraw_declaration(request).await.map(|r| r.into_inner())
     }
 
-    async fn latest(&self, unit: &str) -> Result<Declaration, tonic::Status> {
+    pub(crate) async fn latest(&self, unit: &str) -> Result<Declaration, tonic::Status> {
         let request = GetDeclarationRequest { caller: operator(unit), declaration_id: String::new() };
         self.units.client.clone().get_declaration(request).await.map(|r| r.into_inner())
     }
 
-    async fn claim(&self, caller: Option<Caller>, id: &str) -> Result<Declaration, tonic::Status> {
+    pub(crate) async fn claim(&self, caller: Option<Caller>, id: &str) -> Result<Declaration, tonic::Status> {
         let request = ReviewRequest { caller, declaration_id: id.into() };
         self.units.client.clone().claim_declaration(request).await.map(|r| r.into_inner())
     }
 
-    async fn approve(&self, caller: Option<Caller>, id: &str) -> Result<Declaration, tonic::Status> {
+    pub(crate) async fn approve(&self, caller: Option<Caller>, id: &str) -> Result<Declaration, tonic::Status> {
         let request = ReviewRequest { caller, declaration_id: id.into() };
         self.units.client.clone().approve_declaration(request).await.map(|r| r.into_inner())
     }
 
-    async fn reject(&self, caller: Option<Caller>, id: &str, reason: &str) -> Result<Declaration, tonic::Status> {
+    pub(crate) async fn reject(
+        &self,
+        caller: Option<Caller>,
+        id: &str,
+        reason: &str,
+    ) -> Result<Declaration, tonic::Status> {
         let request = RejectDeclarationRequest { caller, declaration_id: id.into(), reason: reason.into() };
         self.units.client.clone().reject_declaration(request).await.map(|r| r.into_inner())
     }
 
-    async fn edit_record(&self, unit: &str) -> Result<(), tonic::Status> {
+    pub(crate) async fn edit_record(&self, unit: &str) -> Result<(), tonic::Status> {
         let request = UpdateUnitRecordRequest {
             caller: operator(unit),
             record: Some(UnitRecordInput { contact_name: "李娜".into(), ..record() }),
@@ -175,7 +191,7 @@ impl Saga {
         self.units.client.clone().update_unit_record(request).await.map(|_| ())
     }
 
-    async fn unit_state(&self, unit: &str) -> String {
+    pub(crate) async fn unit_state(&self, unit: &str) -> String {
         sqlx::query_scalar("select state from units where institution_code = $1")
             .bind(unit)
             .fetch_one(&self.units.pool)
@@ -183,7 +199,7 @@ impl Saga {
             .expect("unit")
     }
 
-    async fn active_declarations(&self, unit: &str) -> i64 {
+    pub(crate) async fn active_declarations(&self, unit: &str) -> i64 {
         sqlx::query_scalar(
             "select count(*) from declarations where institution_code = $1 \
              and state in ('declaring', 'declared', 'claimed')",
@@ -194,7 +210,7 @@ impl Saga {
         .expect("count")
     }
 
-    async fn roster_lock(&self, unit: &str) -> Option<String> {
+    pub(crate) async fn roster_lock(&self, unit: &str) -> Option<String> {
         sqlx::query_scalar("select declaration_id from roster_locks where institution_code = $1")
             .bind(unit)
             .fetch_optional(&self.personnel.pool)
@@ -202,7 +218,15 @@ impl Saga {
             .expect("lock")
     }
 
-    async fn snapshot_digest(&self, declaration_id: &str) -> Option<String> {
+    pub(crate) async fn enrolled(&self, unit: &str) -> bool {
+        sqlx::query_scalar("select exists (select 1 from enrolled_units where institution_code = $1)")
+            .bind(unit)
+            .fetch_one(&self.personnel.pool)
+            .await
+            .expect("enrolled")
+    }
+
+    pub(crate) async fn snapshot_digest(&self, declaration_id: &str) -> Option<String> {
         sqlx::query_scalar("select digest from roster_snapshots where declaration_id = $1::uuid")
             .bind(declaration_id)
             .fetch_optional(&self.personnel.pool)
@@ -210,7 +234,7 @@ impl Saga {
             .expect("snapshot")
     }
 
-    async fn settled(&self, unit: &str, state: &str) -> Declaration {
+    pub(crate) async fn settled(&self, unit: &str, state: &str) -> Declaration {
         kit::testing::eventually(Duration::from_secs(15), "the reconciler settles the declaration", || async {
             self.latest(unit).await.is_ok_and(|declaration| declaration.state == state)
         })
@@ -219,7 +243,7 @@ impl Saga {
     }
 }
 
-fn code_of(result: Result<impl std::fmt::Debug, tonic::Status>) -> (Code, String) {
+pub(crate) fn code_of(result: Result<impl std::fmt::Debug, tonic::Status>) -> (Code, String) {
     let status = result.expect_err("refused");
     (status.code(), kit::status::reason(&status).unwrap_or_default())
 }
@@ -379,7 +403,8 @@ async fn declaring_needs_a_complete_record_and_at_least_one_person() {
     saga.add_person(unit, "张伟", &id_number(1)).await.expect("a person");
     assert_eq!(saga.declare(unit).await.expect("declared").state, "declared");
     // Only the unit's operator declares or withdraws.
-    let as_reviewer = saga.units.client.clone().declare(DeclareRequest { caller: reviewer(AGENCY) }).await;
+    let as_reviewer =
+        saga.units.client.clone().declare(DeclareRequest { caller: reviewer(AGENCY), ..Default::default() }).await;
     assert_eq!(code_of(as_reviewer).0, Code::PermissionDenied);
     let as_admin = saga
         .units
@@ -608,7 +633,10 @@ fn random_sequences_of_unit_and_reviewer_actions_never_break_the_rules() {
                 assert_eq!(saga.unit_state(&unit).await, state, "after {action:?}");
                 assert!(saga.active_declarations(&unit).await <= 1);
                 let locked = saga.roster_lock(&unit).await.is_some();
-                assert_eq!(locked, state != "draft", "the roster is frozen exactly while declared ({state})");
+                let pending = matches!(state.as_str(), "declared" | "under_review");
+                assert_eq!(locked, pending, "the roster is frozen exactly while declared ({state})");
+                // Once approved, the roster is enrolled: it changes only through change declarations.
+                assert_eq!(saga.enrolled(&unit).await, state == "approved", "enrolled exactly once approved ({state})");
             }
         });
     });
