@@ -57,6 +57,21 @@ impl Namespace {
         format!("{}_{}", self.0, service).to_ascii_uppercase()
     }
 
+    /// The subject of one kind of work item a service queues for its own replicas: `<ns>.work.<service>.<queue>`.
+    pub fn work_subject(&self, service: &str, queue: &str) -> String {
+        format!("{}.work.{service}.{queue}", self.0)
+    }
+
+    /// The wildcard covering a service's work items; the subject filter of its work stream.
+    pub fn work_filter(&self, service: &str) -> String {
+        format!("{}.work.{service}.>", self.0)
+    }
+
+    /// The JetStream stream holding a service's work items: `PENSION_PERSONNEL_WORK` in the namespace `pension`.
+    pub fn work_stream(&self, service: &str) -> String {
+        format!("{}_{}_work", self.0, service).to_ascii_uppercase()
+    }
+
     /// The durable consumer name for one handler of a consuming service, e.g. `printing_declared`. Durable names
     /// are per stream, and each namespace has its own streams, so the namespace need not repeat here.
     pub fn consumer(&self, consuming_service: &str, handler: &str) -> String {

@@ -20,7 +20,7 @@ use tonic::{Code, Status};
 use crate::ca::{self, PresentedError};
 use crate::certificates::{CertificateRow, Certificates, insert_certificate, internal, select_certificate};
 use crate::keys::{Keys, timestamp};
-use crate::spreadsheet::Table;
+use spreadsheet::Table;
 
 /// The roles of staff accounts, which an admin creates (unit operators come from key applications).
 pub const STAFF_ROLES: [&str; 5] =

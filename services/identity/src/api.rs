@@ -88,10 +88,10 @@ const CA_ROLES: [&str; 1] = ["ca_operator"];
 const CA_READERS: [&str; 2] = ["ca_operator", "province_admin"];
 const ACCOUNT_ADMINS: [&str; 2] = ["province_admin", "security_admin"];
 
-fn import_failed(error: crate::spreadsheet::TableError) -> Status {
+fn import_failed(error: spreadsheet::TableError) -> Status {
     let code = match error {
-        crate::spreadsheet::TableError::MissingColumns(_) => "missing_columns",
-        crate::spreadsheet::TableError::Empty => "empty_file",
+        spreadsheet::TableError::MissingColumns(_) => "missing_columns",
+        spreadsheet::TableError::Empty => "empty_file",
         _ => "unreadable_file",
     };
     invalid(vec![Violation::new("file", code, error.to_string())])
@@ -110,7 +110,7 @@ impl Identity for IdentityApi {
         let request = request.into_inner();
         let actor = actor(request.caller);
         require_province_admin(&actor)?;
-        let table = crate::spreadsheet::read(&request.file, &registry::REGISTRY_COLUMNS).map_err(import_failed)?;
+        let table = spreadsheet::read(&request.file, &registry::REGISTRY_COLUMNS).map_err(import_failed)?;
         let report = registry::import_registry(&self.runtime.pool, &table).await.map_err(kit::db::status)?;
         audit_import(&self.runtime, &actor, "registry.import", &report).await?;
         Ok(Response::new(report))
@@ -120,7 +120,7 @@ impl Identity for IdentityApi {
         let request = request.into_inner();
         let actor = actor(request.caller);
         require_province_admin(&actor)?;
-        let table = crate::spreadsheet::read(&request.file, &registry::AGENCY_COLUMNS).map_err(import_failed)?;
+        let table = spreadsheet::read(&request.file, &registry::AGENCY_COLUMNS).map_err(import_failed)?;
         let report = registry::import_agencies(&self.runtime.pool, &table).await.map_err(kit::db::status)?;
         audit_import(&self.runtime, &actor, "agencies.import", &report).await?;
         Ok(Response::new(report))
@@ -369,8 +369,7 @@ impl Identity for IdentityApi {
         let request = request.into_inner();
         let actor = actor(request.caller);
         require_province_admin(&actor)?;
-        let table =
-            crate::spreadsheet::read(&request.file, &crate::accounts::LEGACY_KEY_COLUMNS).map_err(import_failed)?;
+        let table = spreadsheet::read(&request.file, &crate::accounts::LEGACY_KEY_COLUMNS).map_err(import_failed)?;
         self.accounts.import_legacy(&request.roots_pem, &table, &actor).await.map(Response::new)
     }
 

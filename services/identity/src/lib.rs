@@ -14,7 +14,6 @@ mod certificates;
 mod keys;
 mod registry;
 mod secrets;
-mod spreadsheet;
 
 use kit::process::Process;
 use kit::service::{Platform, Runtime, ServiceApp, ServiceConfig, ServiceDefaults};

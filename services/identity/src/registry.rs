@@ -5,7 +5,7 @@ use kit::status::Violation;
 use proto::identity::{ImportReport, RegistryEntry, RowError};
 use sqlx::{PgConnection, PgPool};
 
-use crate::spreadsheet::{Row, Table};
+use spreadsheet::{Row, Table};
 
 /// The registry's detailed unit types (单位类型) and the broad kind (机关 or 事业单位) each belongs to for 校验.
 /// 参照公务员法管理单位 are institutions managed like organs, so either broad kind finds them.

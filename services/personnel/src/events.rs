@@ -29,13 +29,14 @@ impl Handler for UnitAgency {
             return Err(HandlerError::Poison("UnitFirstLogin without its unit or agency".into()));
         }
         sqlx::query(
-            "insert into unit_agencies (institution_code, agency_code, agency_name) values ($1, $2, $3) \
-             on conflict (institution_code) do update set agency_code = excluded.agency_code, \
-             agency_name = excluded.agency_name",
+            "insert into unit_agencies (institution_code, agency_code, agency_name, unit_type) \
+             values ($1, $2, $3, $4) on conflict (institution_code) do update set \
+             agency_code = excluded.agency_code, agency_name = excluded.agency_name, unit_type = excluded.unit_type",
         )
         .bind(&login.institution_code)
         .bind(&login.agency_code)
         .bind(&login.agency_name)
+        .bind(&login.unit_type)
         .execute(&mut *transaction)
         .await?;
         Ok(())

@@ -5,14 +5,16 @@
 //! pure function), `codes` (the code lists), `people` (校验, 保存, 待办业务 and their storage), `population` (the
 //! population registry client and the development registry), `roster` (the declared rosters: freezing, releasing,
 //! snapshots), `changes` (人员变更 after approval: open changes, applying an approved declaration), `conflicts`
-//! (stale registrations and each person's history), `events` (which agency handles each unit, from identity's
-//! events; releasing and applying rosters on units' declaration events). ID numbers and accounts are sealed with `kit::sealing`.
+//! (stale registrations and each person's history), `imports` (spreadsheet templates, imports as jobs on a work
+//! queue, exports), `events` (which agency handles each unit, from identity's events; releasing and applying
+//! rosters on units' declaration events). ID numbers and accounts are sealed with `kit::sealing`.
 
 mod changes;
 pub mod check;
 mod codes;
 mod conflicts;
 mod events;
+pub mod imports;
 mod people;
 pub mod population;
 mod roster;
@@ -71,6 +73,8 @@ pub struct Config {
     /// How often people the registry did not answer for are asked about again.
     #[serde(with = "kit::config::millis")]
     pub population_recheck: Duration,
+    /// Spreadsheet imports: the largest file, the batch size, when a silent worker's job is taken over.
+    pub imports: imports::ImportConfig,
     /// Crash points, armed by tests only; configuration cannot reach them.
     #[serde(skip)]
     pub faults: kit::faults::Faults,
@@ -84,6 +88,7 @@ impl Default for Config {
             population_registry_url: "http://127.0.0.1:50070".into(),
             population_timeout: Duration::from_millis(300),
             population_recheck: Duration::from_secs(60),
+            imports: imports::ImportConfig::default(),
             faults: kit::faults::Faults::default(),
         }
     }
@@ -100,8 +105,19 @@ pub async fn build(config: &Config, platform: &Platform, serve_admin: bool) -> a
     let codes = codes::CodeLists::load(&runtime.pool).await?;
     let registry = population::Registry::new(&config.population_registry_url, config.population_timeout)?;
     let people = People { pool: runtime.pool.clone(), namespace: platform.namespace.clone(), sealer, codes, registry };
-    let api =
-        PersonnelApi { runtime: runtime.clone(), people: Arc::new(people.clone()), faults: config.faults.clone() };
+    let api = PersonnelApi {
+        runtime: runtime.clone(),
+        people: Arc::new(people.clone()),
+        faults: config.faults.clone(),
+        imports: config.imports.clone(),
+    };
+    let import_consumer = imports::import_consumer(&platform.namespace);
+    let worker = Arc::new(imports::ImportWorker {
+        people: people.clone(),
+        config: config.imports.clone(),
+        name: format!("personnel-{}", uuid::Uuid::new_v4()),
+    });
+    let (pool_3, jetstream_3) = (runtime.pool.clone(), runtime.jetstream.clone());
     let consumer = events::first_login_consumer(&platform.namespace);
     let declaration_consumer = events::declaration_consumer(&platform.namespace);
     let (pool, jetstream) = (runtime.pool.clone(), runtime.jetstream.clone());
@@ -114,7 +130,8 @@ pub async fn build(config: &Config, platform: &Platform, serve_admin: bool) -> a
         })
         .with_background(move |shutdown| {
             kit::consumer::run(pool_2, jetstream_2, declaration_consumer, release, shutdown)
-        });
+        })
+        .with_background(move |shutdown| kit::consumer::run(pool_3, jetstream_3, import_consumer, worker, shutdown));
     let interval = config.population_recheck;
     Ok(app.with_background(move |shutdown| async move {
         loop {
@@ -147,6 +164,7 @@ pub struct PersonnelApi {
     runtime: Runtime,
     people: Arc<People>,
     faults: kit::faults::Faults,
+    imports: imports::ImportConfig,
 }
 
 #[tonic::async_trait]
@@ -305,6 +323,67 @@ impl Personnel for PersonnelApi {
         let caller = request.caller.unwrap_or_default();
         let applied = self.people.apply(&caller, &request.institution_code, &request.declaration_id).await?;
         Ok(Response::new(ApplyDeclarationReply { applied }))
+    }
+
+    async fn get_import_template(
+        &self,
+        request: Request<proto::personnel::GetImportTemplateRequest>,
+    ) -> Result<Response<proto::personnel::SpreadsheetFile>, Status> {
+        let request = request.into_inner();
+        people::unit_of(&request.caller.unwrap_or_default(), "", true)?;
+        self.people.import_template(&request.kind).map(Response::new)
+    }
+
+    async fn create_import_job(
+        &self,
+        request: Request<proto::personnel::CreateImportJobRequest>,
+    ) -> Result<Response<proto::personnel::ImportJob>, Status> {
+        let request = request.into_inner();
+        let caller = request.caller.clone().unwrap_or_default();
+        self.people.create_import(&caller, &self.imports, request).await.map(Response::new)
+    }
+
+    async fn put_import_chunk(
+        &self,
+        request: Request<proto::personnel::PutImportChunkRequest>,
+    ) -> Result<Response<proto::personnel::ImportJob>, Status> {
+        let request = request.into_inner();
+        let caller = request.caller.clone().unwrap_or_default();
+        self.people.put_import_chunk(&caller, request).await.map(Response::new)
+    }
+
+    async fn submit_import_job(
+        &self,
+        request: Request<proto::personnel::GetImportJobRequest>,
+    ) -> Result<Response<proto::personnel::ImportJob>, Status> {
+        let request = request.into_inner();
+        let job = self.people.submit_import(&request.caller.unwrap_or_default(), &request.job_id).await?;
+        self.runtime.wake_relay();
+        Ok(Response::new(job))
+    }
+
+    async fn get_import_job(
+        &self,
+        request: Request<proto::personnel::GetImportJobRequest>,
+    ) -> Result<Response<proto::personnel::ImportJob>, Status> {
+        let request = request.into_inner();
+        self.people.import_job(&request.caller.unwrap_or_default(), &request.job_id).await.map(Response::new)
+    }
+
+    async fn get_import_report(
+        &self,
+        request: Request<proto::personnel::GetImportJobRequest>,
+    ) -> Result<Response<proto::personnel::SpreadsheetFile>, Status> {
+        let request = request.into_inner();
+        self.people.import_report(&request.caller.unwrap_or_default(), &request.job_id).await.map(Response::new)
+    }
+
+    async fn export_persons(
+        &self,
+        request: Request<proto::personnel::ExportPersonsRequest>,
+    ) -> Result<Response<proto::personnel::SpreadsheetFile>, Status> {
+        let request = request.into_inner();
+        self.people.export(&request.caller.unwrap_or_default(), &request.kind).await.map(Response::new)
     }
 
     async fn rotate_data_key(

@@ -131,6 +131,19 @@ pub fn unit_of(caller: &Caller, named: &str, write: bool) -> Result<String, Stat
 /// The Idempotency-Keys of creates, by unit (`migrations/personnel/0004`).
 pub const IDEMPOTENCY_KEYS: Keys = Keys { table: "idempotency_keys", owner_column: "institution_code" };
 
+/// What the population registry's answer adds to a check: a warning, or (a deceased person) an error.
+pub(crate) fn add_population_finding(checked: &mut Checked, answer: Answer) {
+    let (field, code, message, error) = match answer {
+        Answer::Found => return,
+        Answer::NotFound => ("id_number", "population_not_found", "公安库不存在该人员，请核实证件号码", false),
+        Answer::NameMismatch => ("name", "population_name_mismatch", "姓名与公安库登记的不一致，请核实", false),
+        Answer::Deceased => ("id_number", "population_deceased", "公安库显示此人已死亡，不能参保登记", true),
+        Answer::Pending => ("id_number", "population_unavailable", "公安库暂时无法校验，稍后将自动重新校验", false),
+    };
+    let finding = Finding { field: field.into(), code: code.into(), message: message.into() };
+    if error { checked.errors.push(finding) } else { checked.warnings.push(finding) }
+}
+
 /// The values of a check that found no error, and the warnings it found as stored once accepted (with who and
 /// when); refused when there are errors, or warnings not in `accepted`.
 pub(crate) fn accepted_values(
@@ -210,7 +223,7 @@ pub(crate) fn not_found() -> Status {
 }
 
 impl People {
-    async fn reference_wage(&self) -> Result<Option<String>, Status> {
+    pub(crate) async fn reference_wage(&self) -> Result<Option<String>, Status> {
         sqlx::query_scalar::<_, String>(
             "select monthly_amount::text from reference_wages where valid_from <= current_date \
              order by valid_from desc limit 1",
@@ -238,25 +251,7 @@ impl People {
             }
             if values.id_type == "01" {
                 answer = self.registry.lookup(&[(values.id_number.clone(), values.name.clone())]).await[0];
-                let (field, code, message, error) = match answer {
-                    Answer::Found => ("", "", "", false),
-                    Answer::NotFound => {
-                        ("id_number", "population_not_found", "公安库不存在该人员，请核实证件号码", false)
-                    }
-                    Answer::NameMismatch => {
-                        ("name", "population_name_mismatch", "姓名与公安库登记的不一致，请核实", false)
-                    }
-                    Answer::Deceased => {
-                        ("id_number", "population_deceased", "公安库显示此人已死亡，不能参保登记", true)
-                    }
-                    Answer::Pending => {
-                        ("id_number", "population_unavailable", "公安库暂时无法校验，稍后将自动重新校验", false)
-                    }
-                };
-                if !code.is_empty() {
-                    let finding = Finding { field: field.into(), code: code.into(), message: message.into() };
-                    if error { checked.errors.push(finding) } else { checked.warnings.push(finding) }
-                }
+                add_population_finding(&mut checked, answer);
             } else {
                 answer = Answer::Found;
             }
@@ -269,7 +264,7 @@ impl People {
 
     /// The error when the person is registered already: in the caller's unit, or in another unit, named only by the
     /// agency to contact. `active_registration` sees past row-level security and tells nothing more.
-    async fn registration_conflict(
+    pub(crate) async fn registration_conflict(
         &self,
         values: &Values,
         index: &[u8],
@@ -328,7 +323,7 @@ impl People {
 
     /// Refuses a direct change of the unit's people while a declaration holds them, and once the roster was
     /// approved (changes go through change declarations then).
-    async fn roster_locked(&self, connection: &mut PgConnection, unit: &str) -> Result<(), Status> {
+    pub(crate) async fn roster_locked(&self, connection: &mut PgConnection, unit: &str) -> Result<(), Status> {
         let state = crate::roster::roster_state(connection, unit).await?;
         if state.locked_by.is_some() {
             return Err(refuse(

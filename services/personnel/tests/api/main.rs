@@ -4,6 +4,7 @@
 mod conflicts;
 mod helpers;
 mod idempotency;
+mod imports;
 mod isolation;
 mod people;
 mod rosters;

@@ -1,0 +1,260 @@
+//! Spreadsheet imports through the real service: the template, a file of good and bad rows in each mode, the same
+//! file twice, CSV in GB18030, files that are no table, a missing column, the size limit, and the export.
+
+use std::time::Duration;
+
+use calamine::Reader as _;
+use proto::personnel::{
+    CreateImportJobRequest, ExportPersonsRequest, GetImportJobRequest, GetImportTemplateRequest, ImportJob,
+    ListPersonsRequest, PutImportChunkRequest,
+};
+use sha2::{Digest as _, Sha256};
+use tonic::Code;
+
+use crate::helpers::{TestPersonnel, operator, spawn_personnel};
+
+const UNIT: &str = "230500001";
+
+fn id_number(n: u32) -> String {
+    validators::id_number::with_check_char(&format!("230502198503{:02}{:03}", 1 + n % 28, n % 1000))
+}
+
+/// An xlsx of staff with the template's headers; cells given as text, or as numbers where `numbers` says so.
+fn staff_xlsx(rows: &[[&str; 5]]) -> Vec<u8> {
+    let mut workbook = rust_xlsxwriter::Workbook::new();
+    let sheet = workbook.add_worksheet();
+    for (col, header) in ["姓名*", "证件类型*", "证件号码*", "经费补助形式*", "参加工作时间*"].iter().enumerate()
+    {
+        sheet.write_string(0, u16::try_from(col).expect("col"), *header).expect("header");
+    }
+    for (r, row) in rows.iter().enumerate() {
+        let r = u32::try_from(r + 1).expect("row");
+        for (c, value) in row.iter().enumerate() {
+            let c = u16::try_from(c).expect("col");
+            // A date typed into Excel is kept as its serial day number.
+            match value.strip_prefix("serial:") {
+                Some(days) => sheet.write_number(r, c, days.parse::<f64>().expect("days")).map(|_| ()),
+                None => sheet.write_string(r, c, *value).map(|_| ()),
+            }
+            .expect("cell");
+        }
+    }
+    workbook.save_to_buffer().expect("xlsx")
+}
+
+async fn import(
+    personnel: &TestPersonnel,
+    file: &[u8],
+    mode: &str,
+    accepted: &[&str],
+) -> Result<ImportJob, tonic::Status> {
+    let mut client = personnel.client.clone();
+    let created = client
+        .create_import_job(CreateImportJobRequest {
+            caller: operator(UNIT),
+            kind: "staff".into(),
+            mode: mode.into(),
+            file_name: "人员.xlsx".into(),
+            file_size: file.len() as u64,
+            file_sha256: kit::convert::hex(&Sha256::digest(file)),
+            accepted_warnings: accepted.iter().map(|code| (*code).to_owned()).collect(),
+        })
+        .await?
+        .into_inner();
+    for (at, chunk) in file.chunks(100_000).enumerate() {
+        let put = PutImportChunkRequest {
+            caller: operator(UNIT),
+            job_id: created.job_id.clone(),
+            offset: (at * 100_000) as u64,
+            data: chunk.to_vec(),
+        };
+        client.put_import_chunk(put.clone()).await?;
+        // A retried chunk whose answer was lost changes nothing.
+        client.put_import_chunk(put).await?;
+    }
+    let submit = GetImportJobRequest { caller: operator(UNIT), job_id: created.job_id.clone() };
+    client.submit_import_job(submit).await?;
+    Ok(finished(personnel, &created.job_id).await)
+}
+
+async fn finished(personnel: &TestPersonnel, job_id: &str) -> ImportJob {
+    let get = GetImportJobRequest { caller: operator(UNIT), job_id: job_id.into() };
+    kit::testing::eventually(Duration::from_secs(30), "the import finishes", || {
+        let (mut client, get) = (personnel.client.clone(), get.clone());
+        async move {
+            client.get_import_job(get).await.is_ok_and(|job| matches!(job.get_ref().state.as_str(), "done" | "failed"))
+        }
+    })
+    .await;
+    personnel.client.clone().get_import_job(get).await.expect("job").into_inner()
+}
+
+async fn registered(personnel: &TestPersonnel) -> u32 {
+    let request = ListPersonsRequest { caller: operator(UNIT), page_size: 1, ..Default::default() };
+    personnel.client.clone().list_persons(request).await.expect("list").into_inner().total
+}
+
+#[tokio::test]
+async fn the_template_has_the_kinds_columns_instructions_and_code_lists() {
+    let personnel = spawn_personnel().await;
+    let template = personnel
+        .client
+        .clone()
+        .get_import_template(GetImportTemplateRequest { caller: operator(UNIT), kind: "retiree_post_reform".into() })
+        .await
+        .expect("template")
+        .into_inner();
+    assert!(template.file_name.ends_with(".xlsx"), "{}", template.file_name);
+    let mut workbook =
+        calamine::open_workbook_auto_from_rs(std::io::Cursor::new(template.content)).expect("an xlsx workbook");
+    assert_eq!(workbook.sheet_names(), ["人员", "填写说明", "代码表"]);
+    let people = workbook.worksheet_range("人员").expect("sheet");
+    let headers: Vec<String> = people.rows().next().expect("header").iter().map(ToString::to_string).collect();
+    for expected in ["姓名*", "证件号码*", "参加工作时间*", "离退休日期*", "银行账号*", "民族"] {
+        assert!(headers.iter().any(|header| header == expected), "{expected} in {headers:?}");
+    }
+    let codes = workbook.worksheet_range("代码表").expect("sheet");
+    let text: Vec<String> = codes.cells().map(|(_, _, cell)| cell.to_string()).collect();
+    assert!(text.iter().any(|cell| cell == "汉族") && text.iter().any(|cell| cell == "正常退休"));
+    let refused = personnel
+        .client
+        .clone()
+        .get_import_template(GetImportTemplateRequest { caller: operator(UNIT), kind: "boss".into() })
+        .await;
+    assert_eq!(refused.expect_err("unknown kind").code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn good_rows_are_saved_bad_ones_reported_by_row_and_column_and_a_second_upload_registers_no_one_twice() {
+    let personnel = spawn_personnel().await;
+    let file = staff_xlsx(&[
+        ["张伟", "居民身份证（户口簿）", "230502198001011238", "全额拨款", "2002-07-01"],
+        ["李娜", "01", "230502199002152344", "全额拨款", "serial:42064"],
+        ["孙浩", "01", "230502198001011239", "全额拨款", "2002-07-01"],
+        ["", "", "", "", ""],
+        ["李娜", "01", "230502199002152344", "差额拨款", "2014-07-01"],
+        ["周敏", "01", &id_number(7), "全额拨款", "2008-09-01"],
+    ]);
+    let job = import(&personnel, &file, "valid_rows", &["population_not_found"]).await.expect("imported");
+    assert_eq!(job.state, "done", "{job:?}");
+    assert_eq!((job.rows_total, job.rows_saved, job.rows_failed), (5, 3, 2), "{job:?}");
+    let refused: Vec<(u32, String, String)> = job
+        .rows
+        .iter()
+        .filter(|row| row.outcome == "refused")
+        .flat_map(|row| {
+            row.findings.iter().filter(|f| !f.warning).map(move |f| (row.row_number, f.column.clone(), f.code.clone()))
+        })
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            (4, "证件号码".to_owned(), "id_number_check_digit".to_owned()),
+            (6, "证件号码".to_owned(), "duplicate_in_file".to_owned())
+        ]
+    );
+    let warned = job.rows.iter().find(|row| row.row_number == 7).expect("周敏, unknown to the registry");
+    assert_eq!((warned.outcome.as_str(), warned.findings[0].code.as_str()), ("saved", "population_not_found"));
+    assert_eq!(registered(&personnel).await, 3);
+    let joined: String = sqlx::query_scalar("select joined_unit::text from persons where name = '李娜'")
+        .fetch_one(&personnel.pool)
+        .await
+        .expect("李娜");
+    assert_eq!(joined, "2015-03-01", "a serial day number is a date, and 进入本单位时间 defaults to 参加工作时间");
+
+    let report = personnel
+        .client
+        .clone()
+        .get_import_report(GetImportJobRequest { caller: operator(UNIT), job_id: job.job_id.clone() })
+        .await
+        .expect("report")
+        .into_inner();
+    let mut workbook = calamine::open_workbook_auto_from_rs(std::io::Cursor::new(report.content)).expect("xlsx");
+    let rows = workbook.worksheet_range("有问题的行").expect("the file's problem rows");
+    let first: Vec<String> = rows.rows().nth(1).expect("a problem row").iter().map(ToString::to_string).collect();
+    assert_eq!(first[..4], ["4", "孙浩", "01", "230502198001011239"], "the row as uploaded, with its number");
+    let listed = workbook.worksheet_range("问题清单").expect("the findings");
+    let codes: Vec<String> = listed.rows().skip(1).map(|row| row[4].to_string()).collect();
+    assert_eq!(codes, ["id_number_check_digit", "duplicate_in_file", "population_not_found"]);
+
+    let again = import(&personnel, &file, "valid_rows", &["population_not_found"]).await.expect("imported again");
+    assert_eq!(again.rows_saved, 0);
+    assert_eq!(again.rows.iter().filter(|row| row.outcome == "already_registered").count(), 3);
+    assert_eq!(registered(&personnel).await, 3, "the same file twice registers no one twice");
+}
+
+#[tokio::test]
+async fn all_or_nothing_saves_nothing_unless_every_row_passes_and_warnings_need_accepting() {
+    let personnel = spawn_personnel().await;
+    let mixed = staff_xlsx(&[
+        ["张伟", "01", "230502198001011238", "全额拨款", "2002-07-01"],
+        ["孙浩", "01", "230502198001011239", "全额拨款", "2002-07-01"],
+    ]);
+    let refused = import(&personnel, &mixed, "all_or_nothing", &[]).await.expect("checked");
+    assert_eq!((refused.state.as_str(), refused.rows_saved), ("done", 0));
+    assert_eq!(registered(&personnel).await, 0);
+
+    let good = staff_xlsx(&[
+        ["张伟", "01", "230502198001011238", "全额拨款", "2002-07-01"],
+        ["周敏", "01", &id_number(7), "全额拨款", "2008-09-01"],
+    ]);
+    let unaccepted = import(&personnel, &good, "all_or_nothing", &[]).await.expect("checked");
+    assert_eq!(unaccepted.rows_saved, 0, "周敏 is unknown to the registry and the warning was not accepted");
+    let accepted = import(&personnel, &good, "all_or_nothing", &["population_not_found"]).await.expect("saved");
+    assert_eq!((accepted.rows_saved, registered(&personnel).await), (2, 2));
+    let codes: Vec<serde_json::Value> = sqlx::query_scalar("select accepted_warnings from persons where name = '周敏'")
+        .fetch_all(&personnel.pool)
+        .await
+        .expect("person");
+    assert_eq!(codes[0][0]["code"], "population_not_found", "the accepted warning is recorded on the row's person");
+}
+
+#[tokio::test]
+async fn csv_in_gb18030_imports_and_bad_files_fail_with_a_reason() {
+    let personnel = spawn_personnel().await;
+    let csv = "姓名,证件类型,证件号码,经费补助形式,参加工作时间\n张伟,01,230502198001011238,全额拨款,2002-07-01\n";
+    let (gb18030, _, _) = encoding_rs::GB18030.encode(csv);
+    let job = import(&personnel, &gb18030, "valid_rows", &[]).await.expect("imported");
+    assert_eq!((job.state.as_str(), job.rows_saved), ("done", 1), "{job:?}");
+
+    let pdf = b"%PDF-1.7\n\x00\x01\x02 not a table".to_vec();
+    let failed = import(&personnel, &pdf, "valid_rows", &[]).await.expect("taken");
+    assert_eq!((failed.state.as_str(), failed.error_code.as_str()), ("failed", "not_a_spreadsheet"));
+    let headerless = "名字,号码\n张伟,230502198001011238\n".as_bytes().to_vec();
+    let wrong = import(&personnel, &headerless, "valid_rows", &[]).await.expect("taken");
+    assert_eq!(wrong.error_code, "missing_columns");
+    assert!(wrong.error.contains("证件号码"), "{}", wrong.error);
+
+    let too_large = personnel
+        .client
+        .clone()
+        .create_import_job(CreateImportJobRequest {
+            caller: operator(UNIT),
+            kind: "staff".into(),
+            file_size: 21 * 1024 * 1024,
+            file_sha256: "0".repeat(64),
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused up front");
+    assert_eq!(kit::status::reason(&too_large).as_deref(), Some("file_too_large"));
+    let foreign = personnel
+        .client
+        .clone()
+        .get_import_job(GetImportJobRequest { caller: operator("230500999"), job_id: job.job_id.clone() })
+        .await;
+    assert_eq!(foreign.expect_err("another unit's job").code(), Code::NotFound);
+
+    let export = personnel
+        .client
+        .clone()
+        .export_persons(ExportPersonsRequest { caller: operator(UNIT), kind: String::new() })
+        .await
+        .expect("export")
+        .into_inner();
+    let mut workbook = calamine::open_workbook_auto_from_rs(std::io::Cursor::new(export.content)).expect("xlsx");
+    let sheet = workbook.worksheet_range("人员").expect("sheet");
+    let cells: Vec<String> = sheet.cells().map(|(_, _, cell)| cell.to_string()).collect();
+    assert!(cells.iter().any(|cell| cell == "230502********1238"), "masked: {cells:?}");
+    assert!(!cells.iter().any(|cell| cell == "230502198001011238"), "never in clear");
+}
