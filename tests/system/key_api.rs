@@ -200,6 +200,11 @@ async fn the_openapi_document_names_every_operation() {
         "saveRosterChange",
         "deleteRosterChange",
         "declareChanges",
+        "downloadImportTemplate",
+        "importPersons",
+        "getImportJob",
+        "downloadImportReport",
+        "exportPersons",
     ] {
         assert!(operations.contains(&expected), "{expected} in {operations:?}");
     }

@@ -567,3 +567,105 @@ async fn after_approval_the_roster_changes_through_a_change_declaration_over_the
     assert!(page.contains("人员变更") && page.contains("王芳") && page.contains("审核通过并生效"), "{page}");
     platform.stop().await;
 }
+
+/// An xlsx of staff as a clerk fills in the template.
+fn staff_workbook(rows: &[[&str; 5]]) -> Vec<u8> {
+    let mut workbook = rust_xlsxwriter::Workbook::new();
+    let sheet = workbook.add_worksheet();
+    let headers = ["姓名*", "证件类型*", "证件号码*", "经费补助形式*", "参加工作时间*"];
+    for (r, row) in std::iter::once(&headers).chain(rows).enumerate() {
+        for (c, value) in row.iter().enumerate() {
+            sheet.write_string(u32::try_from(r).expect("row"), u16::try_from(c).expect("col"), *value).expect("cell");
+        }
+    }
+    workbook.save_to_buffer().expect("xlsx")
+}
+
+#[tokio::test]
+async fn a_unit_imports_a_spreadsheet_over_the_api_and_reads_the_report_and_the_export() {
+    let (platform, operator) = signed_in_unit().await;
+    let template = operator
+        .client
+        .get(platform.secure_url("/api/persons/import-template?kind=staff"))
+        .header("cookie", &operator.cookie)
+        .send()
+        .await
+        .expect("template");
+    assert_eq!(template.status(), StatusCode::OK);
+    assert!(
+        template.headers()["content-disposition"].to_str().expect("ascii").contains("filename*=UTF-8''"),
+        "the Chinese file name travels"
+    );
+    let template = template.bytes().await.expect("bytes");
+    let workbook = calamine::open_workbook_auto_from_rs(std::io::Cursor::new(template.to_vec())).expect("xlsx");
+    use calamine::Reader as _;
+    assert_eq!(workbook.sheet_names(), ["人员", "填写说明", "代码表"]);
+
+    let file = staff_workbook(&[
+        ["李娜", "01", "230502199002152344", "全额拨款", "2012-07-01"],
+        ["孙浩", "01", "230502198001011239", "全额拨款", "2002-07-01"],
+    ]);
+    let upload = |body: Vec<u8>| {
+        operator
+            .client
+            .post(platform.secure_url("/api/persons/import?kind=staff&mode=valid_rows&file_name=staff.xlsx"))
+            .header("cookie", &operator.cookie)
+            .header("x-csrf-token", &operator.csrf)
+            .body(body)
+            .send()
+    };
+    let started = upload(file).await.expect("answer");
+    assert_eq!(started.status(), StatusCode::ACCEPTED);
+    let started: Value = started.json().await.expect("json");
+    let job_id = started["job_id"].as_str().expect("id").to_owned();
+    let job_url = platform.secure_url(&format!("/api/imports/{job_id}"));
+    eventually(Duration::from_secs(30), "the import finishes", || async {
+        operator.call(reqwest::Method::GET, job_url.clone(), None).await.1["state"] == "done"
+    })
+    .await;
+    let (_, job) = operator.call(reqwest::Method::GET, job_url, None).await;
+    assert_eq!((job["rows_saved"].as_u64(), job["rows_failed"].as_u64()), (Some(1), Some(1)), "{job}");
+    assert_eq!(job["rows"][0]["row_number"], 3);
+    assert_eq!(job["rows"][0]["findings"][0]["column"], "证件号码");
+    assert_eq!(job["rows"][0]["findings"][0]["code"], "id_number_check_digit");
+    let report = operator
+        .client
+        .get(platform.secure_url(&format!("/api/imports/{job_id}/report")))
+        .header("cookie", &operator.cookie)
+        .send()
+        .await
+        .expect("report");
+    assert_eq!(report.status(), StatusCode::OK);
+    let page = operator.page(platform.secure_url(&format!("/persons/import/{job_id}"))).await;
+    assert!(page.contains("已保存 1 人") && page.contains("身份证号码校验位不正确"), "{page}");
+
+    let oversize = upload(vec![b'x'; 21 * 1024 * 1024]).await.expect("answer");
+    assert_eq!(oversize.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let oversize: Value = oversize.json().await.expect("json");
+    assert_eq!(oversize["code"], "file_too_large");
+    let not_a_table = upload(b"%PDF-1.7\x00\x01".to_vec()).await.expect("answer");
+    let not_a_table: Value = not_a_table.json().await.expect("json");
+    let failed_url = platform.secure_url(&format!("/api/imports/{}", not_a_table["job_id"].as_str().expect("id")));
+    eventually(Duration::from_secs(30), "the bad file is refused", || async {
+        operator.call(reqwest::Method::GET, failed_url.clone(), None).await.1["state"] == "failed"
+    })
+    .await;
+    let (_, failed) = operator.call(reqwest::Method::GET, failed_url, None).await;
+    assert_eq!(failed["error_code"], "not_a_spreadsheet", "{failed}");
+
+    let export = operator
+        .client
+        .get(platform.secure_url("/api/persons/export"))
+        .header("cookie", &operator.cookie)
+        .send()
+        .await
+        .expect("export")
+        .bytes()
+        .await
+        .expect("bytes");
+    let mut exported = calamine::open_workbook_auto_from_rs(std::io::Cursor::new(export.to_vec())).expect("xlsx");
+    let cells: Vec<String> =
+        exported.worksheet_range("人员").expect("sheet").cells().map(|(_, _, cell)| cell.to_string()).collect();
+    assert!(cells.contains(&"230502********2344".to_owned()) && !cells.contains(&"230502199002152344".to_owned()));
+    platform.stop().await;
+}

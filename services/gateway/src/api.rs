@@ -77,6 +77,21 @@ pub fn secure_router(state: AppState) -> Router {
         .route("/declaration", get(declarations::declaration_page))
         .route("/declaration/declare", post(declarations::declare_submit))
         .route("/declaration/withdraw", post(declarations::withdraw_submit))
+        .route("/api/persons/import-template", get(crate::imports::template_api))
+        .route(
+            "/api/persons/import",
+            post(crate::imports::import_api).layer(DefaultBodyLimit::max(crate::imports::MAX_IMPORT_BYTES)),
+        )
+        .route("/api/persons/export", get(crate::imports::export_api))
+        .route("/api/imports/{job_id}", get(crate::imports::job_api))
+        .route("/api/imports/{job_id}/report", get(crate::imports::report_api))
+        .route(
+            "/persons/import",
+            get(crate::imports::form_page)
+                .post(crate::imports::form_submit)
+                .layer(DefaultBodyLimit::max(crate::imports::MAX_IMPORT_BYTES + 64 * 1024)),
+        )
+        .route("/persons/import/{job_id}", get(crate::imports::job_page))
         .route("/api/roster-changes", get(crate::changes::list_api).post(crate::changes::save_api))
         .route("/api/roster-changes/{change_id}", delete(crate::changes::delete_api))
         .route("/api/change-declaration", post(crate::changes::declare_api))

@@ -15,6 +15,7 @@ mod declarations;
 mod enrollment;
 mod error;
 mod https;
+mod imports;
 mod keys;
 mod limits;
 mod operators;

@@ -57,6 +57,8 @@ impl Pages {
             ("changes.html", include_str!("../templates/changes.html")),
             ("change_remove.html", include_str!("../templates/change_remove.html")),
             ("person_history.html", include_str!("../templates/person_history.html")),
+            ("import.html", include_str!("../templates/import.html")),
+            ("import_job.html", include_str!("../templates/import_job.html")),
         ] {
             // The templates are part of the binary and covered by tests, so a syntax error is a build defect.
             if let Err(error) = templates.add_template(name, source) {

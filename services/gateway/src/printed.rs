@@ -119,22 +119,8 @@ async fn download(
         }
     }
     let document = document.unwrap_or_default();
-    // The title is Chinese: the plain filename is ASCII, the RFC 5987 one carries the title.
-    let encoded: String = format!("{}.pdf", document.title)
-        .bytes()
-        .map(|byte| {
-            if byte.is_ascii_alphanumeric() || b".-_".contains(&byte) {
-                (byte as char).to_string()
-            } else {
-                format!("%{byte:02X}")
-            }
-        })
-        .collect();
-    let disposition = format!(
-        "{}; filename=\"{}.pdf\"; filename*=UTF-8''{encoded}",
-        if inline { "inline" } else { "attachment" },
-        document.kind
-    );
+    let disposition =
+        content_disposition(inline, &format!("{}.pdf", document.kind), &format!("{}.pdf", document.title));
     let mut response = pdf.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/pdf"));
@@ -255,4 +241,20 @@ pub async fn print_page(
         context! { section => "print", user => user(&signed_in), csrf => signed_in.session.csrf_token.clone(),
         listed => Value::from(Serde(listed)), message => message },
     )
+}
+
+/// A Content-Disposition for a file whose name is Chinese: the plain filename is ASCII (`ascii_name`), the RFC 5987
+/// one carries the real name.
+pub fn content_disposition(inline: bool, ascii_name: &str, file_name: &str) -> String {
+    let encoded: String = file_name
+        .bytes()
+        .map(|byte| {
+            if byte.is_ascii_alphanumeric() || b".-_".contains(&byte) {
+                (byte as char).to_string()
+            } else {
+                format!("%{byte:02X}")
+            }
+        })
+        .collect();
+    format!("{}; filename=\"{ascii_name}\"; filename*=UTF-8''{encoded}", if inline { "inline" } else { "attachment" })
 }

@@ -426,6 +426,12 @@ pub async fn csrf_guard(State(state): State<AppState>, request: Request, next: N
             let given = form_field(&bytes, CSRF_FIELD);
             (Request::from_parts(parts, axum::body::Body::from(bytes)), given)
         }
+        // A multipart upload (a spreadsheet from a page) is not read here, whatever its size: its form carries the
+        // token in the action's query. The cookie is SameSite=Strict besides.
+        (None, false) if is_multipart(&request) => {
+            let given = request.uri().query().and_then(|query| form_field(query.as_bytes(), CSRF_FIELD));
+            (request, given)
+        }
         (None, false) => (request, None),
     };
     match given {
@@ -433,6 +439,14 @@ pub async fn csrf_guard(State(state): State<AppState>, request: Request, next: N
         _ => ApiError::new(StatusCode::FORBIDDEN, "csrf_token_invalid", "页面已过期或请求来源不明，请刷新页面后重试")
             .into_response(),
     }
+}
+
+fn is_multipart(request: &Request) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("multipart/form-data"))
 }
 
 /// One field of a URL-encoded form. CSRF tokens are URL-safe base64, so no decoding is needed beyond the split.

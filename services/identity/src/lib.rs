@@ -5,7 +5,7 @@
 //! Modules in reading order: `api` (the gRPC face), `registry` (loading the registry, 校验), `keys` (applications),
 //! `ca` (the CA's
 //! signing and certificate checks), `certificates` (制作, renewal, revocation, CRL, staff accounts), `accounts` (login,
-//! activation of legacy keys), `spreadsheet` (reading uploaded tables), `secrets` (password hashing, HMACs).
+//! activation of legacy keys), `secrets` (password hashing, HMACs).
 
 mod accounts;
 mod api;

@@ -466,7 +466,7 @@ impl People {
             .await
             .map_err(kit::db::status)?;
         let subject = self.namespace.work_subject("personnel", "import");
-        kit::outbox::enqueue(&mut *transaction, kit::outbox::new_event_id(), &subject, job_id.to_string().as_bytes())
+        kit::outbox::enqueue(&mut transaction, kit::outbox::new_event_id(), &subject, job_id.to_string().as_bytes())
             .await
             .map_err(kit::db::status)?;
         let actor = Actor::of(caller);
@@ -646,7 +646,13 @@ impl People {
     }
 
     /// Runs a claimed job to its end: reads the file, checks every row not yet recorded, saves as the mode says.
-    async fn run_import(&self, job: &JobRow, worker: &str, config: &ImportConfig) -> Result<(), Status> {
+    async fn run_import(
+        &self,
+        job: &JobRow,
+        worker: &str,
+        config: &ImportConfig,
+        faults: &kit::faults::Faults,
+    ) -> Result<(), Status> {
         let unit = job.institution_code.clone();
         let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::unit(&unit)).await.map_err(kit::db::status)?;
         let file = self.file_of(&mut transaction, job.job_id).await?;
@@ -737,6 +743,7 @@ impl People {
                 self.record_row(&unit, job, row, &accepted, &actor, saved).await?;
             }
             self.progress(job.job_id, worker, None).await?;
+            faults.hit("import.after_batch")?;
         }
         if job.mode == "all_or_nothing" {
             self.save_all_or_nothing(&unit, job, &checked_rows, &accepted, &actor).await?;
@@ -1028,7 +1035,8 @@ impl People {
                     match here.first() {
                         None => sheet.write_string(line, col, value).map(|_| ()),
                         Some(first) => {
-                            let format = if here.iter().all(|finding| finding.warning) { &warning_cell } else { &error_cell };
+                            let format =
+                                if here.iter().all(|finding| finding.warning) { &warning_cell } else { &error_cell };
                             sheet.write_string_with_format(line, col, value, format).map_err(broken)?;
                             let text: Vec<&str> = here.iter().map(|finding| finding.message.as_str()).collect();
                             let note = rust_xlsxwriter::Note::new(text.join("\n")).set_author(first.code.as_str());
@@ -1193,6 +1201,8 @@ pub struct ImportWorker {
     pub config: ImportConfig,
     /// This replica's name in the job's `worker` column.
     pub name: String,
+    /// Crash points, armed by tests only.
+    pub faults: kit::faults::Faults,
 }
 
 impl Handler for ImportWorker {
@@ -1205,7 +1215,7 @@ impl Handler for ImportWorker {
         match self.people.claim(job_id, &self.name, &self.config).await.map_err(retry)? {
             Claimed::Finished => Ok(()),
             Claimed::Busy => Err(HandlerError::Retry("the job or another of its unit is running".into())),
-            Claimed::Run(job) => match self.people.run_import(&job, &self.name, &self.config).await {
+            Claimed::Run(job) => match self.people.run_import(&job, &self.name, &self.config, &self.faults).await {
                 Ok(()) => Ok(()),
                 // A passing failure leaves the job running; the redelivery takes it over after the silence.
                 Err(status) if matches!(status.code(), Code::Unavailable | Code::Internal) => Err(retry(status)),

@@ -116,6 +116,7 @@ pub async fn build(config: &Config, platform: &Platform, serve_admin: bool) -> a
         people: people.clone(),
         config: config.imports.clone(),
         name: format!("personnel-{}", uuid::Uuid::new_v4()),
+        faults: config.faults.clone(),
     });
     let (pool_3, jetstream_3) = (runtime.pool.clone(), runtime.jetstream.clone());
     let consumer = events::first_login_consumer(&platform.namespace);

@@ -258,3 +258,59 @@ async fn csv_in_gb18030_imports_and_bad_files_fail_with_a_reason() {
     assert!(cells.iter().any(|cell| cell == "230502********1238"), "masked: {cells:?}");
     assert!(!cells.iter().any(|cell| cell == "230502198001011238"), "never in clear");
 }
+
+#[tokio::test]
+async fn a_worker_that_dies_mid_file_is_taken_over_and_no_row_is_lost_or_doubled() {
+    let mut personnel = spawn_personnel().await;
+    let faults = kit::faults::Faults::default();
+    let armed = faults.clone();
+    personnel
+        .restart_with(move |config| {
+            config.faults = armed;
+            config.imports.batch_rows = 10;
+            config.imports.takeover_after = Duration::from_millis(300);
+        })
+        .await;
+    let numbers: Vec<String> = (0..60).map(|n| id_number(100 + n)).collect();
+    let rows: Vec<[&str; 5]> =
+        numbers.iter().map(|number| ["周敏", "01", number.as_str(), "全额拨款", "2008-09-01"]).collect();
+    let file = staff_xlsx(&rows);
+    // The worker dies after its first batch: the rows of that batch are saved, the job is left running.
+    faults.arm("import.after_batch");
+    let mut client = personnel.client.clone();
+    let created = client
+        .create_import_job(CreateImportJobRequest {
+            caller: operator(UNIT),
+            kind: "staff".into(),
+            mode: "valid_rows".into(),
+            file_size: file.len() as u64,
+            file_sha256: kit::convert::hex(&Sha256::digest(&file)),
+            accepted_warnings: vec!["population_not_found".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("created")
+        .into_inner();
+    let put = PutImportChunkRequest { caller: operator(UNIT), job_id: created.job_id.clone(), offset: 0, data: file };
+    client.put_import_chunk(put).await.expect("uploaded");
+    let get = GetImportJobRequest { caller: operator(UNIT), job_id: created.job_id.clone() };
+    client.submit_import_job(get.clone()).await.expect("queued");
+    kit::testing::eventually(Duration::from_secs(20), "the first batch is saved and the worker dies", || {
+        let (mut client, get) = (client.clone(), get.clone());
+        async move { client.get_import_job(get).await.is_ok_and(|job| job.get_ref().rows_done >= 10) }
+    })
+    .await;
+    let stopped = client.get_import_job(get.clone()).await.expect("job").into_inner();
+    assert_eq!((stopped.state.as_str(), stopped.rows_done), ("running", 10), "left half done: {stopped:?}");
+
+    faults.disarm("import.after_batch");
+    let job = finished(&personnel, &created.job_id).await;
+    assert_eq!((job.state.as_str(), job.rows_saved, job.rows_done), ("done", 60, 60), "{job:?}");
+    assert_eq!(registered(&personnel).await, 60, "every row once");
+    let outcomes: i64 = sqlx::query_scalar("select count(*) from import_rows where job_id = $1::uuid")
+        .bind(&created.job_id)
+        .fetch_one(&personnel.pool)
+        .await
+        .expect("rows");
+    assert_eq!(outcomes, 60);
+}
