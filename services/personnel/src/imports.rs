@@ -738,10 +738,8 @@ impl People {
         let mut pending = pending;
         for batch in pending.chunks_mut(config.batch_rows.max(1)) {
             self.check_batch(&unit, batch).await?;
-            for row in batch.iter() {
-                let saved = job.mode == "valid_rows";
-                self.record_row(&unit, job, row, &accepted, &actor, saved).await?;
-            }
+            let rows: Vec<&CheckedRow> = batch.iter().map(|row| &**row).collect();
+            self.record_batch(&unit, job, &rows, &accepted, &actor, job.mode == "valid_rows").await?;
             self.progress(job.job_id, worker, None).await?;
             faults.hit("import.after_batch")?;
         }
@@ -806,58 +804,115 @@ impl People {
         Ok(())
     }
 
-    /// Records one row's outcome and, when `save` and it passed, saves its person in the same transaction.
-    async fn record_row(
+    /// Records the rows' outcomes and, when `save`, saves the persons of those that passed, all in one transaction.
+    /// When a save lost the person to another save between the check and the write, nothing is recorded and the
+    /// index of that row is returned, so that the caller records the rows one by one.
+    async fn record_rows(
         &self,
         unit: &str,
         job: &JobRow,
-        row: &CheckedRow,
+        rows: &[&CheckedRow],
+        accepted: &[String],
+        actor: &Actor,
+        save: bool,
+    ) -> Result<Option<usize>, Status> {
+        let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::unit(unit)).await.map_err(kit::db::status)?;
+        if save {
+            self.roster_locked(&mut transaction, unit).await?;
+        }
+        let (mut saved, mut refused, mut recorded) = (0, 0, 0);
+        for (at, row) in rows.iter().enumerate() {
+            let mut findings: Vec<serde_json::Value> =
+                row.checked.errors.iter().map(|finding| finding_json(&job.kind, finding, false)).collect();
+            findings.extend(row.checked.warnings.iter().map(|finding| finding_json(&job.kind, finding, true)));
+            let passed = accepted_values(&row.checked, accepted, &actor.name);
+            let already = row.checked.errors.iter().any(|finding| finding.code == "duplicate_in_unit");
+            let (outcome, person_id) = match passed {
+                Ok((values, accepted_warnings)) if save => {
+                    let person_id = uuid::Uuid::now_v7();
+                    match self
+                        .write(&mut transaction, unit, person_id, &values, row.answer, &accepted_warnings, actor)
+                        .await
+                    {
+                        Ok(()) => {}
+                        Err(WriteError::Database(status)) => return Err(status),
+                        Err(WriteError::Taken) => return Ok(Some(at)),
+                    }
+                    history(&mut transaction, person_id, "registered", &actor.name, Some("批量导入"), None).await?;
+                    self.audit_import_row(&mut transaction, actor, job, person_id, &values).await?;
+                    ("saved", Some(person_id))
+                }
+                Ok(_) => ("valid", None),
+                Err(_) if already => ("already_registered", None),
+                Err(_) => ("refused", None),
+            };
+            if self.insert_row(&mut transaction, unit, job, row, outcome, person_id, &findings).await? {
+                recorded += 1;
+            }
+            match outcome {
+                "saved" => saved += 1,
+                "refused" => refused += 1,
+                _ => {}
+            }
+        }
+        self.count_rows(&mut transaction, job.job_id, recorded, saved, refused).await?;
+        transaction.commit().await.map_err(kit::db::status)?;
+        Ok(None)
+    }
+
+    /// Records a batch; a batch that lost a person to another save is recorded row by row, and that row refused.
+    async fn record_batch(
+        &self,
+        unit: &str,
+        job: &JobRow,
+        rows: &[&CheckedRow],
         accepted: &[String],
         actor: &Actor,
         save: bool,
     ) -> Result<(), Status> {
-        let mut findings: Vec<serde_json::Value> =
-            row.checked.errors.iter().map(|finding| finding_json(&job.kind, finding, false)).collect();
-        findings.extend(row.checked.warnings.iter().map(|finding| finding_json(&job.kind, finding, true)));
-        let passed = accepted_values(&row.checked, accepted, &actor.name);
-        let already = row.checked.errors.iter().any(|finding| finding.code == "duplicate_in_unit");
-        let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::unit(unit)).await.map_err(kit::db::status)?;
-        let (outcome, person_id) = match passed {
-            Ok((values, accepted_warnings)) if save => {
-                self.roster_locked(&mut transaction, unit).await?;
-                let person_id = uuid::Uuid::now_v7();
-                match self
-                    .write(&mut transaction, unit, person_id, &values, row.answer, &accepted_warnings, actor)
-                    .await
-                {
-                    Ok(()) => {}
-                    Err(WriteError::Database(status)) => return Err(status),
-                    Err(WriteError::Taken) => {
-                        // Another save took the person between the check and this write.
-                        drop(transaction);
-                        return self.record_refusal(unit, job, row, "registration_taken").await;
-                    }
-                }
-                history(&mut transaction, person_id, "registered", &actor.name, Some("批量导入"), None).await?;
-                self.audit_import_row(&mut transaction, actor, job, person_id, &values).await?;
-                ("saved", Some(person_id))
+        if self.record_rows(unit, job, rows, accepted, actor, save).await?.is_none() {
+            return Ok(());
+        }
+        for row in rows {
+            if self.record_rows(unit, job, &[row], accepted, actor, save).await?.is_some() {
+                self.record_refusal(unit, job, row, "registration_taken").await?;
             }
-            Ok(_) => ("valid", None),
-            Err(_) if already => ("already_registered", None),
-            Err(_) => ("refused", None),
-        };
-        self.insert_row(&mut transaction, unit, job, row, outcome, person_id, &findings).await?;
-        transaction.commit().await.map_err(kit::db::status)
+        }
+        Ok(())
+    }
+
+    async fn count_rows(
+        &self,
+        transaction: &mut PgConnection,
+        job_id: uuid::Uuid,
+        recorded: i32,
+        saved: i32,
+        refused: i32,
+    ) -> Result<(), Status> {
+        sqlx::query(
+            "update import_jobs set rows_done = rows_done + $2, rows_saved = rows_saved + $3, \
+             rows_failed = rows_failed + $4 where job_id = $1",
+        )
+        .bind(job_id)
+        .bind(recorded)
+        .bind(saved)
+        .bind(refused)
+        .execute(transaction)
+        .await
+        .map(|_| ())
+        .map_err(kit::db::status)
     }
 
     async fn record_refusal(&self, unit: &str, job: &JobRow, row: &CheckedRow, code: &str) -> Result<(), Status> {
         let findings = vec![serde_json::json!({ "field": "id_number", "column": "证件号码", "code": code,
             "message": "同一人员正被同时登记，请稍后核实", "warning": false })];
         let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::unit(unit)).await.map_err(kit::db::status)?;
-        self.insert_row(&mut transaction, unit, job, row, "refused", None, &findings).await?;
+        let recorded = i32::from(self.insert_row(&mut transaction, unit, job, row, "refused", None, &findings).await?);
+        self.count_rows(&mut transaction, job.job_id, recorded, 0, 1).await?;
         transaction.commit().await.map_err(kit::db::status)
     }
 
+    /// Stores a row's outcome; true when the row had none before (a resumed job, all_or_nothing's second pass).
     #[allow(clippy::too_many_arguments)]
     async fn insert_row(
         &self,
@@ -868,11 +923,13 @@ impl People {
         outcome: &str,
         person_id: Option<uuid::Uuid>,
         findings: &[serde_json::Value],
-    ) -> Result<(), Status> {
-        sqlx::query(
+    ) -> Result<bool, Status> {
+        // xmax is zero for a row this statement inserted, and set for one it updated.
+        let replaced: bool = sqlx::query_scalar(
             "insert into import_rows (job_id, institution_code, row_number, outcome, person_id, name, findings) \
              values ($1, $2, $3, $4, $5, $6, $7) on conflict (job_id, row_number) do update set \
-             outcome = excluded.outcome, person_id = excluded.person_id, findings = excluded.findings",
+             outcome = excluded.outcome, person_id = excluded.person_id, findings = excluded.findings \
+             returning xmax <> 0",
         )
         .bind(job.job_id)
         .bind(unit)
@@ -881,25 +938,10 @@ impl People {
         .bind(person_id)
         .bind(&row.name)
         .bind(serde_json::Value::Array(findings.to_vec()))
-        .execute(&mut *transaction)
+        .fetch_one(&mut *transaction)
         .await
         .map_err(kit::db::status)?;
-        let (saved, refused) = match outcome {
-            "saved" => (1, 0),
-            "refused" => (0, 1),
-            _ => (0, 0),
-        };
-        sqlx::query(
-            "update import_jobs set rows_done = (select count(*) from import_rows where job_id = $1), \
-             rows_saved = rows_saved + $2, rows_failed = rows_failed + $3 where job_id = $1",
-        )
-        .bind(job.job_id)
-        .bind(saved)
-        .bind(refused)
-        .execute(&mut *transaction)
-        .await
-        .map_err(kit::db::status)?;
-        Ok(())
+        Ok(!replaced)
     }
 
     async fn audit_import_row(

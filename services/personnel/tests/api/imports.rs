@@ -314,3 +314,65 @@ async fn a_worker_that_dies_mid_file_is_taken_over_and_no_row_is_lost_or_doubled
         .expect("rows");
     assert_eq!(outcomes, 60);
 }
+
+#[tokio::test]
+async fn a_units_second_import_waits_in_line_while_its_first_runs() {
+    let mut personnel = spawn_personnel().await;
+    let faults = kit::faults::Faults::default();
+    let armed = faults.clone();
+    personnel
+        .restart_with(move |config| {
+            config.faults = armed;
+            config.imports.batch_rows = 5;
+            config.imports.takeover_after = Duration::from_secs(2);
+        })
+        .await;
+    let numbers: Vec<String> = (0..20).map(|n| id_number(300 + n)).collect();
+    let rows: Vec<[&str; 5]> =
+        numbers.iter().map(|number| ["周敏", "01", number.as_str(), "全额拨款", "2008-09-01"]).collect();
+    let first_file = staff_xlsx(&rows[..10]);
+    let second_file = staff_xlsx(&rows[10..]);
+    // The first import stops after its first batch and holds the unit until its worker is taken for dead.
+    faults.arm("import.after_batch");
+    let queue = |file: Vec<u8>| {
+        let mut client = personnel.client.clone();
+        async move {
+            let created = client
+                .create_import_job(CreateImportJobRequest {
+                    caller: operator(UNIT),
+                    kind: "staff".into(),
+                    file_size: file.len() as u64,
+                    file_sha256: kit::convert::hex(&Sha256::digest(&file)),
+                    accepted_warnings: vec!["population_not_found".into()],
+                    ..Default::default()
+                })
+                .await
+                .expect("created")
+                .into_inner();
+            let put =
+                PutImportChunkRequest { caller: operator(UNIT), job_id: created.job_id.clone(), offset: 0, data: file };
+            client.put_import_chunk(put).await.expect("uploaded");
+            let get = GetImportJobRequest { caller: operator(UNIT), job_id: created.job_id };
+            client.submit_import_job(get.clone()).await.expect("queued");
+            get
+        }
+    };
+    let first = queue(first_file).await;
+    let job = |get: GetImportJobRequest| {
+        let mut client = personnel.client.clone();
+        async move { client.get_import_job(get).await.expect("job").into_inner() }
+    };
+    kit::testing::eventually(Duration::from_secs(20), "the first import runs", || async {
+        job(first.clone()).await.rows_done >= 5
+    })
+    .await;
+    let second = queue(second_file).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiting = job(second.clone()).await;
+    assert_eq!((waiting.state.as_str(), waiting.place_in_line), ("queued", 1), "{waiting:?}");
+
+    faults.disarm("import.after_batch");
+    let (first, second) = (finished(&personnel, &first.job_id).await, finished(&personnel, &second.job_id).await);
+    assert_eq!((first.rows_saved, second.rows_saved), (10, 10));
+    assert_eq!(registered(&personnel).await, 20);
+}
