@@ -1128,3 +1128,56 @@ async fn after_approval_a_unit_changes_its_roster_through_the_change_pages() {
     browser.close().await.expect("close the browser");
     platform.stop().await;
 }
+
+#[tokio::test]
+async fn a_unit_imports_a_spreadsheet_through_the_pages_and_sees_the_report() {
+    let platform = crate::helpers::spawn_isolated_with(|gateway| {
+        gateway.client_certificates = gateway::ClientCertificateMode::Header
+    })
+    .await;
+    platform.load_demo_registry().await;
+    let unit = platform.unit_with_key().await;
+    let ingress = crate::ingress::Ingress::start(platform.https_port).await;
+    let driver = start_chromedriver().await;
+    let profile = tempfile::tempdir().expect("profile folder");
+    let browser = open_browser(&driver, profile.path()).await;
+    log_in(&browser, &ingress, &unit).await;
+    record_and_staff(&platform, &unit, &[]).await;
+
+    let mut workbook = rust_xlsxwriter::Workbook::new();
+    let sheet = workbook.add_worksheet();
+    let rows = [
+        ["姓名*", "证件类型*", "证件号码*", "经费补助形式*", "参加工作时间*"],
+        ["李娜", "居民身份证（户口簿）", "230502199002152344", "全额拨款", "2012-07-01"],
+        ["张伟", "01", "230502198001011238", "全额拨款", "2002-07-01"],
+        ["孙浩", "01", "230502198001011239", "全额拨款", "2002-07-01"],
+    ];
+    for (r, row) in rows.iter().enumerate() {
+        for (c, value) in row.iter().enumerate() {
+            sheet.write_string(u32::try_from(r).expect("row"), u16::try_from(c).expect("col"), *value).expect("cell");
+        }
+    }
+    let folder = tempfile::tempdir().expect("folder");
+    let path = folder.path().join("工作人员.xlsx");
+    workbook.save(&path).expect("xlsx");
+
+    element(&browser, Locator::LinkText("个人管理")).await.click().await.expect("people");
+    element(&browser, Locator::Id("import-persons")).await.click().await.expect("批量导入");
+    assert!(text_of(&browser, "#templates").await.contains("工作人员参保登记模板"));
+    element(&browser, Locator::Id("file")).await.send_keys(&path.display().to_string()).await.expect("choose the file");
+    element(&browser, Locator::Id("accept-warnings")).await.click().await.expect("accept warnings");
+    screenshot(&browser, "70-import-form").await;
+    element(&browser, Locator::Id("upload")).await.click().await.expect("upload");
+    // The job's page refreshes itself until the import is done.
+    let outcome = wait_for_text(&browser, "#outcome", "已保存 2 人").await;
+    assert!(outcome.contains("未保存 1 行"), "{outcome}");
+    let rows = text_of(&browser, "#rows").await;
+    assert!(rows.contains("4") && rows.contains("证件号码") && rows.contains("校验位"), "{rows}");
+    screenshot(&browser, "71-import-report").await;
+    element(&browser, Locator::LinkText("返回待办业务")).await.click().await.expect("people");
+    let listed = text_of(&browser, "#persons").await;
+    assert!(listed.contains("李娜") && listed.contains("张伟") && !listed.contains("孙浩"), "{listed}");
+
+    browser.close().await.expect("close the browser");
+    platform.stop().await;
+}

@@ -485,6 +485,24 @@ async fn after_approval_the_roster_changes_through_a_change_declaration_over_the
     let (status, approved) = reviewer.call(reqwest::Method::POST, decide(&first_id, "approve"), None).await;
     assert_eq!((status, approved["kind"].as_str()), (StatusCode::OK, Some("initial")), "{approved}");
 
+    // The reviewer exports the declared roster, masked.
+    let exported = reviewer
+        .client
+        .get(platform.secure_url(&format!("/api/persons/export?declaration_id={first_id}")))
+        .header("cookie", &reviewer.cookie)
+        .send()
+        .await
+        .expect("export");
+    assert_eq!(exported.status(), StatusCode::OK);
+    let exported = exported.bytes().await.expect("bytes");
+    let mut workbook = calamine::open_workbook_auto_from_rs(std::io::Cursor::new(exported.to_vec())).expect("xlsx");
+    use calamine::Reader as _;
+    let cells: Vec<String> =
+        workbook.worksheet_range("人员").expect("sheet").cells().map(|(_, _, cell)| cell.to_string()).collect();
+    assert!(cells.contains(&"230502********2344".to_owned()) && !cells.contains(&"230502199002152344".to_owned()));
+    let (status, _) = reviewer.call(reqwest::Method::GET, platform.secure_url("/api/persons/export"), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a reviewer has no live roster to export");
+
     // Enrolled: direct saves are refused, changes take their place.
     let (status, direct) = operator
         .call(reqwest::Method::POST, platform.secure_url("/api/persons"), Some(staff("王芳", "230502199105062341")))

@@ -210,16 +210,30 @@ pub async fn report_api(State(state): State<AppState>, signed_in: SignedIn, Path
     }
 }
 
-/// `exportPersons`: GET /api/persons/export?kind=.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ExportQuery {
+    pub kind: String,
+    pub declaration_id: String,
+}
+
+/// `exportPersons`: GET /api/persons/export?kind=&declaration_id=: the unit operator's people, or a declared roster
+/// for the unit or its agency's reviewer.
 pub async fn export_api(
     State(state): State<AppState>,
     signed_in: SignedIn,
-    Query(query): Query<KindQuery>,
+    Query(query): Query<ExportQuery>,
 ) -> Response {
-    if let Err(problem) = operator(&signed_in) {
+    let roles: &[&str] = if query.declaration_id.is_empty() {
+        &["unit_operator"]
+    } else {
+        &["unit_operator", "agency_reviewer", "province_admin"]
+    };
+    if let Err(problem) = signed_in.require(roles) {
         return problem.into_response();
     }
-    let request = ExportPersonsRequest { caller: signed_in.caller(), kind: query.kind };
+    let request =
+        ExportPersonsRequest { caller: signed_in.caller(), kind: query.kind, declaration_id: query.declaration_id };
     match personnel(&state).export_persons(request).await {
         Ok(reply) => xlsx(reply.into_inner(), "persons.xlsx"),
         Err(status) => ApiError::from(status).into_response(),

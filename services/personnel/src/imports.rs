@@ -1129,11 +1129,31 @@ impl People {
     }
 
     /// `ExportPersons`: the unit's people as xlsx, the ID numbers masked.
-    pub async fn export(&self, caller: &Caller, kind: &str) -> Result<SpreadsheetFile, Status> {
-        let unit = unit_of(caller, "", true)?;
-        let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::unit(&unit)).await.map_err(kit::db::status)?;
-        let persons = self.read_all_on(&mut transaction, &unit, false).await?;
-        transaction.commit().await.map_err(kit::db::status)?;
+    /// With `declaration_id`: a declared roster as frozen, for the unit's operator, a reviewer of its agency or the
+    /// province admin. ID numbers are masked for every role: a bulk export is no place for them in clear.
+    pub async fn export(&self, caller: &Caller, kind: &str, declaration_id: &str) -> Result<SpreadsheetFile, Status> {
+        let (persons, object) = if declaration_id.trim().is_empty() {
+            let unit = unit_of(caller, "", true)?;
+            let mut transaction =
+                kit::db::begin_scoped(&self.pool, &Scope::unit(&unit)).await.map_err(kit::db::status)?;
+            let persons = self.read_all_on(&mut transaction, &unit, false).await?;
+            transaction.commit().await.map_err(kit::db::status)?;
+            (persons, format!("unit:{unit}"))
+        } else {
+            // The snapshot's own rules decide who may read it; its numbers come masked to anyone but the platform.
+            let roster = self.snapshot(caller, declaration_id, "", false).await?;
+            if roster.kind != "roster" {
+                return Err(refuse(
+                    Code::FailedPrecondition,
+                    "not_a_roster",
+                    "人员变更申报没有人员名单，请查看变更明细",
+                ));
+            }
+            (roster.persons, format!("declaration:{}", declaration_id.trim()))
+        };
+        if caller.role == "system" {
+            return Err(refuse(Code::PermissionDenied, "forbidden", "导出仅供经办人员使用"));
+        }
         let broken = |error: rust_xlsxwriter::XlsxError| {
             tracing::error!(%error, "cannot write the export");
             Status::internal("internal error")
@@ -1194,8 +1214,7 @@ impl People {
         sheet.set_freeze_panes(1, 0).map_err(broken)?;
         let content = workbook.save_to_buffer().map_err(broken)?;
         let actor = Actor::of(caller);
-        let object = format!("unit:{unit}");
-        let detail = serde_json::json!({ "kind": kind, "masked": true });
+        let detail = serde_json::json!({ "kind": kind, "masked": true, "persons": persons.len() });
         let record = audit::Record {
             actor: &actor,
             action: "persons.export",

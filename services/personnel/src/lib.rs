@@ -384,7 +384,8 @@ impl Personnel for PersonnelApi {
         request: Request<proto::personnel::ExportPersonsRequest>,
     ) -> Result<Response<proto::personnel::SpreadsheetFile>, Status> {
         let request = request.into_inner();
-        self.people.export(&request.caller.unwrap_or_default(), &request.kind).await.map(Response::new)
+        let caller = request.caller.unwrap_or_default();
+        self.people.export(&caller, &request.kind, &request.declaration_id).await.map(Response::new)
     }
 
     async fn rotate_data_key(

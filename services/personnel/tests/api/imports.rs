@@ -248,7 +248,7 @@ async fn csv_in_gb18030_imports_and_bad_files_fail_with_a_reason() {
     let export = personnel
         .client
         .clone()
-        .export_persons(ExportPersonsRequest { caller: operator(UNIT), kind: String::new() })
+        .export_persons(ExportPersonsRequest { caller: operator(UNIT), ..Default::default() })
         .await
         .expect("export")
         .into_inner();
