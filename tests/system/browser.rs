@@ -513,17 +513,7 @@ async fn log_in(browser: &Client, ingress: &crate::ingress::Ingress, who: &crate
 /// finds it in the queue, claims it and rejects it with a reason; the unit sees the reason.
 #[tokio::test]
 async fn a_unit_declares_withdraws_and_declares_again_and_sees_the_reviewers_reason() {
-    let platform = crate::helpers::spawn_isolated_with(|gateway| {
-        gateway.client_certificates = gateway::ClientCertificateMode::Header
-    })
-    .await;
-    platform.load_demo_registry().await;
-    let unit = platform.unit_with_key().await;
-    let ingress = crate::ingress::Ingress::start(platform.https_port).await;
-    let driver = start_chromedriver().await;
-    let profile = tempfile::tempdir().expect("profile folder");
-    let browser = open_browser(&driver, profile.path()).await;
-    log_in(&browser, &ingress, &unit).await;
+    let SignedInUnit { platform, unit, ingress, browser, _profile, _driver } = signed_in_unit().await;
 
     // The record and one person, as the pages of journey 2 leave them (tested there).
     let (_, agency) = record_and_staff(&platform, &unit, &[("李娜", "230502199002152344")]).await;
@@ -604,6 +594,32 @@ async fn a_unit_declares_withdraws_and_declares_again_and_sees_the_reviewers_rea
 
     browser.close().await.expect("close the browser");
     platform.stop().await;
+}
+
+/// A unit operator of the demo registry's unit, with a key, signed in through the ingress in a Chromium of its own,
+/// on a platform of its own.
+struct SignedInUnit {
+    platform: crate::helpers::TestPlatform,
+    unit: crate::helpers::Credentials,
+    ingress: crate::ingress::Ingress,
+    browser: Client,
+    _profile: tempfile::TempDir,
+    _driver: Chromedriver,
+}
+
+async fn signed_in_unit() -> SignedInUnit {
+    let platform = crate::helpers::spawn_isolated_with(|gateway| {
+        gateway.client_certificates = gateway::ClientCertificateMode::Header
+    })
+    .await;
+    platform.load_demo_registry().await;
+    let unit = platform.unit_with_key().await;
+    let ingress = crate::ingress::Ingress::start(platform.https_port).await;
+    let driver = start_chromedriver().await;
+    let profile = tempfile::tempdir().expect("profile folder");
+    let browser = open_browser(&driver, profile.path()).await;
+    log_in(&browser, &ingress, &unit).await;
+    SignedInUnit { platform, unit, ingress, browser, _profile: profile, _driver: driver }
 }
 
 /// The unit record filled in and `staff` saved over NATS RPC, as the pages of journey 2 leave them (tested there),
@@ -1000,17 +1016,7 @@ async fn the_whole_journey_over_mutual_tls_on_a_fresh_make_run() {
 #[tokio::test]
 async fn after_approval_a_unit_changes_its_roster_through_the_change_pages() {
     use proto::names::Service;
-    let platform = crate::helpers::spawn_isolated_with(|gateway| {
-        gateway.client_certificates = gateway::ClientCertificateMode::Header
-    })
-    .await;
-    platform.load_demo_registry().await;
-    let unit = platform.unit_with_key().await;
-    let ingress = crate::ingress::Ingress::start(platform.https_port).await;
-    let driver = start_chromedriver().await;
-    let profile = tempfile::tempdir().expect("profile folder");
-    let browser = open_browser(&driver, profile.path()).await;
-    log_in(&browser, &ingress, &unit).await;
+    let SignedInUnit { platform, unit, ingress: _ingress, browser, _profile, _driver } = signed_in_unit().await;
 
     // A unit declared and approved, as the pages of the first declaration leave it (tested there).
     let people = [("李娜", "230502199002152344"), ("张伟", "230502198001011238")];
@@ -1131,17 +1137,7 @@ async fn after_approval_a_unit_changes_its_roster_through_the_change_pages() {
 
 #[tokio::test]
 async fn a_unit_imports_a_spreadsheet_through_the_pages_and_sees_the_report() {
-    let platform = crate::helpers::spawn_isolated_with(|gateway| {
-        gateway.client_certificates = gateway::ClientCertificateMode::Header
-    })
-    .await;
-    platform.load_demo_registry().await;
-    let unit = platform.unit_with_key().await;
-    let ingress = crate::ingress::Ingress::start(platform.https_port).await;
-    let driver = start_chromedriver().await;
-    let profile = tempfile::tempdir().expect("profile folder");
-    let browser = open_browser(&driver, profile.path()).await;
-    log_in(&browser, &ingress, &unit).await;
+    let SignedInUnit { platform, unit, ingress: _ingress, browser, _profile, _driver } = signed_in_unit().await;
     record_and_staff(&platform, &unit, &[]).await;
 
     let mut workbook = rust_xlsxwriter::Workbook::new();

@@ -42,12 +42,14 @@ fn staff_xlsx(rows: &[[&str; 5]]) -> Vec<u8> {
     workbook.save_to_buffer().expect("xlsx")
 }
 
-async fn import(
+/// Creates a job of `file`, uploads it in chunks (each sent twice, as a retry whose answer was lost sends it) and
+/// submits it; returns the request that reads the job.
+async fn queue(
     personnel: &TestPersonnel,
     file: &[u8],
     mode: &str,
     accepted: &[&str],
-) -> Result<ImportJob, tonic::Status> {
+) -> Result<GetImportJobRequest, tonic::Status> {
     let mut client = personnel.client.clone();
     let created = client
         .create_import_job(CreateImportJobRequest {
@@ -69,12 +71,21 @@ async fn import(
             data: chunk.to_vec(),
         };
         client.put_import_chunk(put.clone()).await?;
-        // A retried chunk whose answer was lost changes nothing.
         client.put_import_chunk(put).await?;
     }
-    let submit = GetImportJobRequest { caller: operator(UNIT), job_id: created.job_id.clone() };
-    client.submit_import_job(submit).await?;
-    Ok(finished(personnel, &created.job_id).await)
+    let get = GetImportJobRequest { caller: operator(UNIT), job_id: created.job_id };
+    client.submit_import_job(get.clone()).await?;
+    Ok(get)
+}
+
+async fn import(
+    personnel: &TestPersonnel,
+    file: &[u8],
+    mode: &str,
+    accepted: &[&str],
+) -> Result<ImportJob, tonic::Status> {
+    let get = queue(personnel, file, mode, accepted).await?;
+    Ok(finished(personnel, &get.job_id).await)
 }
 
 async fn finished(personnel: &TestPersonnel, job_id: &str) -> ImportJob {
@@ -277,24 +288,8 @@ async fn a_worker_that_dies_mid_file_is_taken_over_and_no_row_is_lost_or_doubled
     let file = staff_xlsx(&rows);
     // The worker dies after its first batch: the rows of that batch are saved, the job is left running.
     faults.arm("import.after_batch");
+    let get = queue(&personnel, &file, "valid_rows", &["population_not_found"]).await.expect("queued");
     let mut client = personnel.client.clone();
-    let created = client
-        .create_import_job(CreateImportJobRequest {
-            caller: operator(UNIT),
-            kind: "staff".into(),
-            mode: "valid_rows".into(),
-            file_size: file.len() as u64,
-            file_sha256: kit::convert::hex(&Sha256::digest(&file)),
-            accepted_warnings: vec!["population_not_found".into()],
-            ..Default::default()
-        })
-        .await
-        .expect("created")
-        .into_inner();
-    let put = PutImportChunkRequest { caller: operator(UNIT), job_id: created.job_id.clone(), offset: 0, data: file };
-    client.put_import_chunk(put).await.expect("uploaded");
-    let get = GetImportJobRequest { caller: operator(UNIT), job_id: created.job_id.clone() };
-    client.submit_import_job(get.clone()).await.expect("queued");
     kit::testing::eventually(Duration::from_secs(20), "the first batch is saved and the worker dies", || {
         let (mut client, get) = (client.clone(), get.clone());
         async move { client.get_import_job(get).await.is_ok_and(|job| job.get_ref().rows_done >= 10) }
@@ -304,11 +299,11 @@ async fn a_worker_that_dies_mid_file_is_taken_over_and_no_row_is_lost_or_doubled
     assert_eq!((stopped.state.as_str(), stopped.rows_done), ("running", 10), "left half done: {stopped:?}");
 
     faults.disarm("import.after_batch");
-    let job = finished(&personnel, &created.job_id).await;
+    let job = finished(&personnel, &get.job_id).await;
     assert_eq!((job.state.as_str(), job.rows_saved, job.rows_done), ("done", 60, 60), "{job:?}");
     assert_eq!(registered(&personnel).await, 60, "every row once");
     let outcomes: i64 = sqlx::query_scalar("select count(*) from import_rows where job_id = $1::uuid")
-        .bind(&created.job_id)
+        .bind(&get.job_id)
         .fetch_one(&personnel.pool)
         .await
         .expect("rows");
@@ -334,30 +329,7 @@ async fn a_units_second_import_waits_in_line_while_its_first_runs() {
     let second_file = staff_xlsx(&rows[10..]);
     // The first import stops after its first batch and holds the unit until its worker is taken for dead.
     faults.arm("import.after_batch");
-    let queue = |file: Vec<u8>| {
-        let mut client = personnel.client.clone();
-        async move {
-            let created = client
-                .create_import_job(CreateImportJobRequest {
-                    caller: operator(UNIT),
-                    kind: "staff".into(),
-                    file_size: file.len() as u64,
-                    file_sha256: kit::convert::hex(&Sha256::digest(&file)),
-                    accepted_warnings: vec!["population_not_found".into()],
-                    ..Default::default()
-                })
-                .await
-                .expect("created")
-                .into_inner();
-            let put =
-                PutImportChunkRequest { caller: operator(UNIT), job_id: created.job_id.clone(), offset: 0, data: file };
-            client.put_import_chunk(put).await.expect("uploaded");
-            let get = GetImportJobRequest { caller: operator(UNIT), job_id: created.job_id };
-            client.submit_import_job(get.clone()).await.expect("queued");
-            get
-        }
-    };
-    let first = queue(first_file).await;
+    let first = queue(&personnel, &first_file, "valid_rows", &["population_not_found"]).await.expect("queued");
     let job = |get: GetImportJobRequest| {
         let mut client = personnel.client.clone();
         async move { client.get_import_job(get).await.expect("job").into_inner() }
@@ -366,7 +338,7 @@ async fn a_units_second_import_waits_in_line_while_its_first_runs() {
         job(first.clone()).await.rows_done >= 5
     })
     .await;
-    let second = queue(second_file).await;
+    let second = queue(&personnel, &second_file, "valid_rows", &["population_not_found"]).await.expect("queued");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let waiting = job(second.clone()).await;
     assert_eq!((waiting.state.as_str(), waiting.place_in_line), ("queued", 1), "{waiting:?}");
