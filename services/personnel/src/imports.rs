@@ -42,11 +42,20 @@ pub struct ImportConfig {
     /// A running job whose worker has been silent this long is taken over by another.
     #[serde(with = "kit::config::millis")]
     pub takeover_after: Duration,
+    /// How long an uploaded file is kept after its job ended (its report marks the file's own cells); then its
+    /// sealed chunks are deleted, and the job keeps only its row outcomes.
+    #[serde(with = "kit::config::millis")]
+    pub keep_files_for: Duration,
 }
 
 impl Default for ImportConfig {
     fn default() -> Self {
-        Self { max_bytes: 20 * 1024 * 1024, batch_rows: 200, takeover_after: Duration::from_secs(30) }
+        Self {
+            max_bytes: 20 * 1024 * 1024,
+            batch_rows: 200,
+            takeover_after: Duration::from_secs(30),
+            keep_files_for: Duration::from_secs(7 * 24 * 3600),
+        }
     }
 }
 
@@ -1126,6 +1135,21 @@ impl People {
         sheet.set_column_width(5, 60).map_err(broken)?;
         let content = workbook.save_to_buffer().map_err(broken)?;
         Ok(SpreadsheetFile { file_name: format!("导入结果-{}.xlsx", job.job_id), content })
+    }
+
+    /// Deletes the files of jobs that ended longer than `keep_files_for` ago; returns how many chunks went.
+    pub async fn prune_import_files(&self, config: &ImportConfig) -> Result<u64, sqlx::Error> {
+        let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::All).await?;
+        let pruned = sqlx::query(
+            "delete from import_chunks c using import_jobs j where c.job_id = j.job_id \
+             and j.finished_at < now() - $1::interval",
+        )
+        .bind(format!("{} milliseconds", config.keep_files_for.as_millis()))
+        .execute(&mut *transaction)
+        .await?
+        .rows_affected();
+        transaction.commit().await?;
+        Ok(pruned)
     }
 
     /// `ExportPersons`: the unit's people as xlsx, the ID numbers masked.

@@ -134,6 +134,7 @@ pub async fn build(config: &Config, platform: &Platform, serve_admin: bool) -> a
         })
         .with_background(move |shutdown| kit::consumer::run(pool_3, jetstream_3, import_consumer, worker, shutdown));
     let interval = config.population_recheck;
+    let imports = config.imports.clone();
     Ok(app.with_background(move |shutdown| async move {
         loop {
             tokio::select! {
@@ -147,6 +148,11 @@ pub async fn build(config: &Config, platform: &Platform, serve_admin: bool) -> a
             }
             if let Err(error) = people.prune_idempotency_keys().await {
                 tracing::warn!(%error, "cannot prune old idempotency keys");
+            }
+            match people.prune_import_files(&imports).await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::info!(pruned, "uploaded files of imports ended long ago are deleted"),
+                Err(error) => tracing::warn!(%error, "cannot delete the files of old imports"),
             }
         }
     }))

@@ -348,3 +348,32 @@ async fn a_units_second_import_waits_in_line_while_its_first_runs() {
     assert_eq!((first.rows_saved, second.rows_saved), (10, 10));
     assert_eq!(registered(&personnel).await, 20);
 }
+
+#[tokio::test]
+async fn an_ended_imports_file_is_deleted_after_its_time_and_the_report_still_lists_the_findings() {
+    let mut personnel = spawn_personnel().await;
+    personnel
+        .restart_with(|config| {
+            config.imports.keep_files_for = Duration::ZERO;
+            config.population_recheck = Duration::from_millis(100);
+        })
+        .await;
+    let file = staff_xlsx(&[["孙浩", "01", "230502198001011239", "全额拨款", "2002-07-01"]]);
+    let job = import(&personnel, &file, "valid_rows", &[]).await.expect("imported");
+    kit::testing::eventually(Duration::from_secs(10), "the file is deleted", || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from import_chunks").fetch_one(&personnel.pool).await.ok()
+            == Some(0)
+    })
+    .await;
+    let report = personnel
+        .client
+        .clone()
+        .get_import_report(GetImportJobRequest { caller: operator(UNIT), job_id: job.job_id.clone() })
+        .await
+        .expect("report")
+        .into_inner();
+    let mut workbook = calamine::open_workbook_auto_from_rs(std::io::Cursor::new(report.content)).expect("xlsx");
+    assert_eq!(workbook.sheet_names(), ["问题清单"], "the file's own rows are gone, its findings stay");
+    let listed = workbook.worksheet_range("问题清单").expect("findings");
+    assert_eq!(listed.rows().nth(1).expect("a finding")[4].to_string(), "id_number_check_digit");
+}
