@@ -53,6 +53,8 @@ create table import_rows (
     outcome          text        not null check (outcome in ('saved', 'valid', 'refused', 'already_registered')),
     person_id        uuid,
     name             text        not null default '',
+    -- What the population registry said when the row was checked (all_or_nothing saves with it later).
+    population_status text,
     -- [{field, column, code, message, warning}]
     findings         jsonb       not null default '[]',
     primary key (job_id, row_number)

@@ -97,6 +97,101 @@ fn read_compound(file: &[u8]) -> Result<Table, TableError> {
     }
 }
 
+/// Why a streamed read stopped: the file, or the caller's handling of a row.
+#[derive(Debug)]
+pub enum Stop<E> {
+    Table(TableError),
+    Row(E),
+}
+
+impl<E> From<TableError> for Stop<E> {
+    fn from(error: TableError) -> Self {
+        Stop::Table(error)
+    }
+}
+
+/// Calls `each` with every non-empty data row, in order, without holding the table: an xlsx is read cell by cell
+/// from its sheet's XML, so memory stays bounded by the file itself whatever its rows. The header is checked for
+/// `required` (or each with a trailing "*", as the import templates mark required columns) before any row; the
+/// headers passed on have the "*" taken off.
+pub fn for_each_row<E>(
+    file: &[u8],
+    required: &[&str],
+    mut each: impl FnMut(Row) -> Result<(), E>,
+) -> Result<(), Stop<E>> {
+    if file.is_empty() {
+        return Err(TableError::Empty.into());
+    }
+    if file.starts_with(b"PK\x03\x04") {
+        return stream_xlsx(file, required, &mut each);
+    }
+    // A CSV or an old xls is small enough to read whole; the rows are handed on the same way.
+    let table = read(file, &[])?;
+    let headers: Vec<String> = table.headers.iter().map(|header| header.trim_end_matches('*').to_owned()).collect();
+    check_required(&headers, required)?;
+    for row in table.rows {
+        let cells =
+            row.cells.into_iter().map(|(header, value)| (header.trim_end_matches('*').to_owned(), value)).collect();
+        each(Row { number: row.number, cells }).map_err(Stop::Row)?;
+    }
+    Ok(())
+}
+
+fn check_required(headers: &[String], required: &[&str]) -> Result<(), TableError> {
+    let missing: Vec<&str> = required.iter().copied().filter(|name| !headers.iter().any(|h| h == name)).collect();
+    if missing.is_empty() { Ok(()) } else { Err(TableError::MissingColumns(missing.join("、"))) }
+}
+
+fn stream_xlsx<E>(file: &[u8], required: &[&str], each: &mut impl FnMut(Row) -> Result<(), E>) -> Result<(), Stop<E>> {
+    let broken = |error: calamine::XlsxError| Stop::Table(TableError::Xlsx(error.to_string()));
+    let mut workbook: calamine::Xlsx<_> = calamine::Xlsx::new(Cursor::new(file)).map_err(broken)?;
+    let Some(sheet) = workbook.sheet_names().first().cloned() else {
+        return Err(TableError::Xlsx("没有工作表".into()).into());
+    };
+    let mut cells = workbook.worksheet_cells_reader(&sheet).map_err(broken)?;
+    // Header names by column; then each row's cells as they come, row after row.
+    let mut headers: Option<Vec<String>> = None;
+    let mut current: Option<(u32, Vec<(u32, String)>)> = None;
+    let mut flush =
+        |row: Option<(u32, Vec<(u32, String)>)>, headers: &mut Option<Vec<String>>| -> Result<(), Stop<E>> {
+            let Some((number, values)) = row else { return Ok(()) };
+            let Some(names) = headers else {
+                let width = values.iter().map(|(col, _)| *col as usize + 1).max().unwrap_or(0);
+                let mut names = vec![String::new(); width];
+                for (col, value) in values {
+                    names[col as usize] = validators::text::normalize_name(&value).trim_end_matches('*').to_owned();
+                }
+                check_required(&names, required)?;
+                *headers = Some(names);
+                return Ok(());
+            };
+            if values.iter().all(|(_, value)| value.trim().is_empty()) {
+                return Ok(());
+            }
+            let cells = values
+                .into_iter()
+                .filter_map(|(col, value)| {
+                    names.get(col as usize).filter(|name| !name.is_empty()).map(|name| (name.clone(), value))
+                })
+                .collect();
+            // Excel numbers rows from 1: the cell reader's row index is one less.
+            each(Row { number: number + 1, cells }).map_err(Stop::Row)
+        };
+    while let Some(cell) = cells.next_cell().map_err(broken)? {
+        let (row, col) = cell.get_position();
+        if current.as_ref().is_some_and(|(at, _)| *at != row) {
+            flush(current.take(), &mut headers)?;
+        }
+        let text = cell_text(&Data::from(cell.get_value().clone()));
+        current.get_or_insert_with(|| (row, Vec::new())).1.push((col, text));
+    }
+    flush(current.take(), &mut headers)?;
+    if headers.is_none() {
+        return Err(TableError::Empty.into());
+    }
+    Ok(())
+}
+
 fn read_csv(text: &str) -> Result<Table, TableError> {
     let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(text.as_bytes());
     let headers: Vec<String> = reader
@@ -217,6 +312,20 @@ mod tests {
         let compound = [0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1, 0, 0, 0, 0];
         assert!(matches!(read(&compound, &[]), Err(TableError::Encrypted)));
         assert!(matches!(read(b"", &[]), Err(TableError::Empty)));
+    }
+
+    #[test]
+    fn a_streamed_xlsx_gives_the_same_rows_as_a_whole_read_and_takes_starred_headers() {
+        let file = xlsx(&[&["姓名*", "证件号码*", "备注"], &["张伟", "1", ""], &["", "", ""], &["李娜", "2", "调入"]]);
+        let mut rows = Vec::new();
+        for_each_row(&file, &["姓名", "证件号码"], |row| {
+            rows.push((row.number, row.get("姓名").to_owned(), row.get("备注").to_owned()));
+            Ok::<(), ()>(())
+        })
+        .expect("streams");
+        assert_eq!(rows, [(2, "张伟".to_owned(), String::new()), (4, "李娜".to_owned(), "调入".to_owned())]);
+        let missing = for_each_row(&file, &["民族"], |_| Ok::<(), ()>(())).expect_err("a column is missing");
+        assert!(matches!(missing, Stop::Table(TableError::MissingColumns(_))));
     }
 
     #[test]

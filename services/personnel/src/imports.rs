@@ -654,7 +654,9 @@ impl People {
         transaction.commit().await.map_err(kit::db::status)
     }
 
-    /// Runs a claimed job to its end: reads the file, checks every row not yet recorded, saves as the mode says.
+    /// Runs a claimed job to its end: counts the file's rows, then checks and records every row not yet recorded, a
+    /// batch at a time as the file is read, and saves as the mode says. The file is parsed on a blocking thread
+    /// that hands rows over a bounded channel, so only a batch or two of rows is ever held.
     async fn run_import(
         &self,
         job: &JobRow,
@@ -664,7 +666,7 @@ impl People {
     ) -> Result<(), Status> {
         let unit = job.institution_code.clone();
         let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::unit(&unit)).await.map_err(kit::db::status)?;
-        let file = self.file_of(&mut transaction, job.job_id).await?;
+        let file = std::sync::Arc::new(self.file_of(&mut transaction, job.job_id).await?);
         let done: HashSet<i32> = sqlx::query_scalar::<_, i32>("select row_number from import_rows where job_id = $1")
             .bind(job.job_id)
             .fetch_all(&mut *transaction)
@@ -680,20 +682,8 @@ impl People {
         .await
         .map_err(kit::db::status)?;
         transaction.commit().await.map_err(kit::db::status)?;
-        let headers: Vec<&str> =
-            columns(&job.kind).iter().filter(|column| column.required).map(|column| column.header).collect();
-        let table = match spreadsheet::read(&file, &headers).or_else(|error| {
-            // The template marks required headers with "*": a file made from it has them so.
-            let starred: Vec<String> = headers.iter().map(|header| format!("{header}*")).collect();
-            let starred: Vec<&str> = starred.iter().map(String::as_str).collect();
-            match error {
-                spreadsheet::TableError::MissingColumns(_) => {
-                    spreadsheet::read(&file, &starred).map(unstar).map_err(|_| error)
-                }
-                other => Err(other),
-            }
-        }) {
-            Ok(table) => table,
+        let total = match count_rows_of(file.clone(), &job.kind).await {
+            Ok(total) => total,
             Err(error) => {
                 let code = match error {
                     spreadsheet::TableError::MissingColumns(_) => "missing_columns",
@@ -705,7 +695,6 @@ impl People {
                 return self.finish(job.job_id, "failed", Some(code), Some(&error.to_string())).await;
             }
         };
-        let total = i32::try_from(table.rows.len()).unwrap_or(i32::MAX);
         let accepted: Vec<String> = job
             .accepted_warnings
             .as_array()
@@ -714,46 +703,41 @@ impl People {
             .filter_map(|code| code.as_str().map(str::to_owned))
             .collect();
         self.progress(job.job_id, worker, Some(total)).await?;
-        let today = OffsetDateTime::now_utc().date();
-        let reference = self.reference_wage().await?;
-        // Every row is checked by the rules first (pure and quick), so that duplicates within the file are known
-        // whatever row a resumed job starts from.
+        let actor = Actor { name: job.created_by.clone(), role: "unit_operator".into(), ..Actor::default() };
+        let rules = Rules::load(self).await?;
+        // Every row is checked by the rules, the recorded ones too, so that duplicates within the file are known
+        // whatever row a resumed job starts from; only the index of each number is kept.
         let mut seen: HashMap<Vec<u8>, u32> = HashMap::new();
-        let mut checked_rows: Vec<CheckedRow> = Vec::with_capacity(table.rows.len());
-        for row in &table.rows {
-            let input = input_of_row(&job.kind, row, &unit_type);
-            let mut checked = check::check(&input, &self.codes, today, reference.as_deref());
-            if let Some(values) = &checked.values {
-                let index = self.sealer.index(&values.id_type, &values.id_number);
-                if let Some(first) = seen.get(&index) {
-                    checked.errors.push(check::Finding {
-                        field: "id_number".into(),
-                        code: "duplicate_in_file".into(),
-                        message: format!("证件号码与本文件第{first}行重复"),
-                    });
-                    checked.values = None;
-                } else {
-                    seen.insert(index, row.number);
+        let mut batch: Vec<CheckedRow> = Vec::with_capacity(config.batch_rows.max(1));
+        let (rows, reader) = stream_rows(file.clone(), &job.kind, config.batch_rows);
+        let mut rows = rows;
+        loop {
+            let row = rows.recv().await;
+            if let Some(row) = &row {
+                let checked = self.check_row(&job.kind, row, &unit_type, &rules, &mut seen);
+                if !done.contains(&i32::try_from(checked.number).unwrap_or(i32::MAX)) {
+                    batch.push(checked);
                 }
             }
-            let name = input.name.trim().to_owned();
-            checked_rows.push(CheckedRow { number: row.number, name, checked, answer: Answer::Pending });
+            if batch.len() >= config.batch_rows.max(1) || (row.is_none() && !batch.is_empty()) {
+                let mut refs: Vec<&mut CheckedRow> = batch.iter_mut().collect();
+                self.check_batch(&unit, &mut refs).await?;
+                let refs: Vec<&CheckedRow> = batch.iter().collect();
+                self.record_batch(&unit, job, &refs, &accepted, &actor, job.mode == "valid_rows").await?;
+                batch.clear();
+                self.progress(job.job_id, worker, None).await?;
+                faults.hit("import.after_batch")?;
+            }
+            if row.is_none() {
+                break;
+            }
         }
-        let pending: Vec<&mut CheckedRow> = checked_rows
-            .iter_mut()
-            .filter(|row| !done.contains(&i32::try_from(row.number).unwrap_or(i32::MAX)))
-            .collect();
-        let actor = Actor { name: job.created_by.clone(), role: "unit_operator".into(), ..Actor::default() };
-        let mut pending = pending;
-        for batch in pending.chunks_mut(config.batch_rows.max(1)) {
-            self.check_batch(&unit, batch).await?;
-            let rows: Vec<&CheckedRow> = batch.iter().map(|row| &**row).collect();
-            self.record_batch(&unit, job, &rows, &accepted, &actor, job.mode == "valid_rows").await?;
-            self.progress(job.job_id, worker, None).await?;
-            faults.hit("import.after_batch")?;
-        }
+        reader
+            .await
+            .map_err(|_| Status::internal("internal error"))?
+            .map_err(|_| Status::internal("internal error"))?;
         if job.mode == "all_or_nothing" {
-            self.save_all_or_nothing(&unit, job, &checked_rows, &accepted, &actor).await?;
+            self.save_all_or_nothing(&unit, job, &file, &unit_type, &rules, &accepted, &actor).await?;
         }
         let actor_object = format!("import:{}", job.job_id);
         let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::unit(&unit)).await.map_err(kit::db::status)?;
@@ -776,6 +760,33 @@ impl People {
         audit::append(&mut transaction, &record).await.map_err(kit::db::status)?;
         transaction.commit().await.map_err(kit::db::status)?;
         self.finish(job.job_id, "done", None, None).await
+    }
+
+    /// A row through the rules of a person (pure), with its duplicate within the file.
+    fn check_row(
+        &self,
+        kind: &str,
+        row: &spreadsheet::Row,
+        unit_type: &str,
+        rules: &Rules,
+        seen: &mut HashMap<Vec<u8>, u32>,
+    ) -> CheckedRow {
+        let input = input_of_row(kind, row, unit_type);
+        let mut checked = check::check(&input, &self.codes, rules.today, rules.reference_wage.as_deref());
+        if let Some(values) = &checked.values {
+            let index = self.sealer.index(&values.id_type, &values.id_number);
+            if let Some(first) = seen.get(&index) {
+                checked.errors.push(check::Finding {
+                    field: "id_number".into(),
+                    code: "duplicate_in_file".into(),
+                    message: format!("证件号码与本文件第{first}行重复"),
+                });
+                checked.values = None;
+            } else {
+                seen.insert(index, row.number);
+            }
+        }
+        CheckedRow { number: row.number, name: input.name.trim().to_owned(), checked, answer: Answer::Pending }
     }
 
     /// Completes the rows' checks with what needs I/O: the population registry, one request for the batch, and
@@ -935,10 +946,10 @@ impl People {
     ) -> Result<bool, Status> {
         // xmax is zero for a row this statement inserted, and set for one it updated.
         let replaced: bool = sqlx::query_scalar(
-            "insert into import_rows (job_id, institution_code, row_number, outcome, person_id, name, findings) \
-             values ($1, $2, $3, $4, $5, $6, $7) on conflict (job_id, row_number) do update set \
-             outcome = excluded.outcome, person_id = excluded.person_id, findings = excluded.findings \
-             returning xmax <> 0",
+            "insert into import_rows (job_id, institution_code, row_number, outcome, person_id, name, findings, \
+             population_status) values ($1, $2, $3, $4, $5, $6, $7, $8) on conflict (job_id, row_number) do update \
+             set outcome = excluded.outcome, person_id = excluded.person_id, findings = excluded.findings, \
+             population_status = excluded.population_status returning xmax <> 0",
         )
         .bind(job.job_id)
         .bind(unit)
@@ -947,6 +958,7 @@ impl People {
         .bind(person_id)
         .bind(&row.name)
         .bind(serde_json::Value::Array(findings.to_vec()))
+        .bind(row.answer.as_str())
         .fetch_one(&mut *transaction)
         .await
         .map_err(kit::db::status)?;
@@ -971,27 +983,51 @@ impl People {
     }
 
     /// all_or_nothing: when every row passed, every person is saved in one transaction, or (a race lost to another
-    /// save) none is.
+    /// save) none is. The file is read once more, in the transaction; each row's registry answer is the one its
+    /// check recorded.
+    #[allow(clippy::too_many_arguments)]
     async fn save_all_or_nothing(
         &self,
         unit: &str,
         job: &JobRow,
-        rows: &[CheckedRow],
+        file: &std::sync::Arc<Vec<u8>>,
+        unit_type: &str,
+        rules: &Rules,
         accepted: &[String],
         actor: &Actor,
     ) -> Result<(), Status> {
         let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::unit(unit)).await.map_err(kit::db::status)?;
-        let refused: i64 =
-            sqlx::query_scalar("select count(*) from import_rows where job_id = $1 and outcome <> 'valid'")
-                .bind(job.job_id)
-                .fetch_one(&mut *transaction)
-                .await
-                .map_err(kit::db::status)?;
-        if refused > 0 || rows.is_empty() {
+        let (refused, valid): (i64, i64) = sqlx::query_as(
+            "select count(*) filter (where outcome <> 'valid'), count(*) filter (where outcome = 'valid') \
+             from import_rows where job_id = $1",
+        )
+        .bind(job.job_id)
+        .fetch_one(&mut *transaction)
+        .await
+        .map_err(kit::db::status)?;
+        if refused > 0 || valid == 0 {
             return transaction.commit().await.map_err(kit::db::status);
         }
+        let answers: HashMap<i32, String> = sqlx::query_as::<_, (i32, String)>(
+            "select row_number, coalesce(population_status, 'pending') from import_rows where job_id = $1",
+        )
+        .bind(job.job_id)
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(kit::db::status)?
+        .into_iter()
+        .collect();
         self.roster_locked(&mut transaction, unit).await?;
-        for row in rows {
+        let mut seen = HashMap::new();
+        let (mut rows, reader) = stream_rows(file.clone(), &job.kind, 256);
+        let mut saved = 0;
+        while let Some(row) = rows.recv().await {
+            let mut row = self.check_row(&job.kind, &row, unit_type, rules, &mut seen);
+            let number = i32::try_from(row.number).unwrap_or(i32::MAX);
+            row.answer = Answer::parse(answers.get(&number).map_or("pending", String::as_str));
+            if row.checked.values.as_ref().is_some_and(|values| values.id_type == "01") {
+                add_population_finding(&mut row.checked, row.answer);
+            }
             let Ok((values, accepted_warnings)) = accepted_values(&row.checked, accepted, &actor.name) else {
                 return transaction.commit().await.map_err(kit::db::status);
             };
@@ -1001,7 +1037,7 @@ impl People {
                 Err(WriteError::Database(status)) => return Err(status),
                 Err(WriteError::Taken) => {
                     drop(transaction);
-                    return self.record_refusal(unit, job, row, "registration_taken").await;
+                    return self.record_refusal(unit, job, &row, "registration_taken").await;
                 }
             }
             history(&mut transaction, person_id, "registered", &actor.name, Some("批量导入"), None).await?;
@@ -1010,13 +1046,17 @@ impl People {
                 "update import_rows set outcome = 'saved', person_id = $3 where job_id = $1 and row_number = $2",
             )
             .bind(job.job_id)
-            .bind(i32::try_from(row.number).unwrap_or(i32::MAX))
+            .bind(number)
             .bind(person_id)
             .execute(&mut *transaction)
             .await
             .map_err(kit::db::status)?;
+            saved += 1;
         }
-        let saved = i32::try_from(rows.len()).unwrap_or(i32::MAX);
+        reader
+            .await
+            .map_err(|_| Status::internal("internal error"))?
+            .map_err(|_| Status::internal("internal error"))?;
         sqlx::query("update import_jobs set rows_saved = $2 where job_id = $1")
             .bind(job.job_id)
             .bind(saved)
@@ -1055,7 +1095,23 @@ impl People {
             tracing::error!(%error, "cannot write an import report");
             Status::internal("internal error")
         };
-        let table = spreadsheet::read(&file, &[]).ok();
+        // Only the rows the report shows are kept from the file, in the template's column order.
+        let wanted: HashSet<u32> = job
+            .rows
+            .iter()
+            .filter(|row| !row.findings.is_empty())
+            .take(REPORT_ROWS)
+            .map(|row| row.row_number)
+            .collect();
+        let mut kept = Vec::new();
+        let read = spreadsheet::for_each_row(&file, &[], |row| {
+            if wanted.contains(&row.number) {
+                kept.push(row);
+            }
+            Ok::<(), ()>(())
+        });
+        let headers = columns(&job.kind).iter().map(|column| column.header.to_owned()).collect();
+        let table = read.ok().map(|()| spreadsheet::Table { headers, rows: kept });
         let mut workbook = rust_xlsxwriter::Workbook::new();
         let bold = rust_xlsxwriter::Format::new().set_bold();
         let error_cell = rust_xlsxwriter::Format::new().set_background_color("#F4B6B6");
@@ -1252,14 +1308,55 @@ impl People {
     }
 }
 
-/// A table whose headers carried the template's "*" of required columns, with it taken off.
-fn unstar(mut table: spreadsheet::Table) -> spreadsheet::Table {
-    let rename = |name: &str| name.trim_end_matches('*').to_owned();
-    table.headers = table.headers.iter().map(|header| rename(header)).collect();
-    for row in &mut table.rows {
-        row.cells = row.cells.drain().map(|(header, value)| (rename(&header), value)).collect();
+/// What the rules of a person need besides the row, read once per job.
+struct Rules {
+    today: time::Date,
+    reference_wage: Option<String>,
+}
+
+impl Rules {
+    async fn load(people: &People) -> Result<Self, Status> {
+        Ok(Self { today: OffsetDateTime::now_utc().date(), reference_wage: people.reference_wage().await? })
     }
-    table
+}
+
+/// The headers a kind's file must have.
+fn required_headers(kind: &str) -> Vec<&'static str> {
+    columns(kind).iter().filter(|column| column.required).map(|column| column.header).collect()
+}
+
+/// The file's rows, parsed on a blocking thread and handed over a channel of `capacity`: when the receiver falls
+/// behind the parser waits, so memory stays bounded. The reader's result says whether the file read to its end.
+fn stream_rows(
+    file: std::sync::Arc<Vec<u8>>,
+    kind: &str,
+    capacity: usize,
+) -> (tokio::sync::mpsc::Receiver<spreadsheet::Row>, tokio::task::JoinHandle<Result<(), spreadsheet::Stop<()>>>) {
+    let (sender, receiver) = tokio::sync::mpsc::channel(capacity.max(1));
+    let headers = required_headers(kind);
+    let reader = tokio::task::spawn_blocking(move || {
+        spreadsheet::for_each_row(&file, &headers, |row| sender.blocking_send(row).map_err(|_| ()))
+    });
+    (receiver, reader)
+}
+
+/// How many data rows the file has, or why it is no table of this kind.
+async fn count_rows_of(file: std::sync::Arc<Vec<u8>>, kind: &str) -> Result<i32, spreadsheet::TableError> {
+    let headers = required_headers(kind);
+    let counted = tokio::task::spawn_blocking(move || {
+        let mut total = 0_i32;
+        spreadsheet::for_each_row(&file, &headers, |_| {
+            total = total.saturating_add(1);
+            Ok::<(), ()>(())
+        })
+        .map(|()| total)
+    })
+    .await;
+    match counted {
+        Ok(Ok(total)) => Ok(total),
+        Ok(Err(spreadsheet::Stop::Table(error))) => Err(error),
+        Ok(Err(spreadsheet::Stop::Row(()))) | Err(_) => Err(spreadsheet::TableError::Xlsx("读取中断".into())),
+    }
 }
 
 enum Claimed {
