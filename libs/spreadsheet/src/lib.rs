@@ -306,6 +306,19 @@ mod tests {
         }
     }
 
+    /// A workbook with an opening password (Pass2026), as Excel saves one: an OLE container around the encrypted
+    /// package. Made with msoffcrypto-tool from a two-row sheet.
+    pub(crate) const ENCRYPTED_XLSX: &[u8] = include_bytes!("../fixtures/encrypted.xlsx");
+
+    #[test]
+    fn a_workbook_with_an_opening_password_is_refused_as_encrypted() {
+        assert!(matches!(read(ENCRYPTED_XLSX, &[]), Err(TableError::Encrypted)));
+        assert!(matches!(
+            for_each_row(ENCRYPTED_XLSX, &[], |_| Ok::<(), ()>(())),
+            Err(Stop::Table(TableError::Encrypted))
+        ));
+    }
+
     #[test]
     fn files_that_are_no_table_or_are_encrypted_say_so() {
         assert!(matches!(read(b"%PDF-1.7\n\x00\x01binary", &[]), Err(TableError::NotATable)));

@@ -90,7 +90,7 @@ async fn import(
 
 async fn finished(personnel: &TestPersonnel, job_id: &str) -> ImportJob {
     let get = GetImportJobRequest { caller: operator(UNIT), job_id: job_id.into() };
-    kit::testing::eventually(Duration::from_secs(30), "the import finishes", || {
+    kit::testing::eventually(Duration::from_secs(300), "the import finishes", || {
         let (mut client, get) = (personnel.client.clone(), get.clone());
         async move {
             client.get_import_job(get).await.is_ok_and(|job| matches!(job.get_ref().state.as_str(), "done" | "failed"))
@@ -231,6 +231,11 @@ async fn csv_in_gb18030_imports_and_bad_files_fail_with_a_reason() {
     let pdf = b"%PDF-1.7\n\x00\x01\x02 not a table".to_vec();
     let failed = import(&personnel, &pdf, "valid_rows", &[]).await.expect("taken");
     assert_eq!((failed.state.as_str(), failed.error_code.as_str()), ("failed", "not_a_spreadsheet"));
+    // A workbook with an opening password (see libs/spreadsheet/fixtures).
+    let encrypted = include_bytes!("../../../../libs/spreadsheet/fixtures/encrypted.xlsx").to_vec();
+    let locked = import(&personnel, &encrypted, "valid_rows", &[]).await.expect("taken");
+    assert_eq!((locked.state.as_str(), locked.error_code.as_str()), ("failed", "encrypted_file"));
+    assert!(locked.error.contains("密码"), "{}", locked.error);
     let headerless = "名字,号码\n张伟,230502198001011238\n".as_bytes().to_vec();
     let wrong = import(&personnel, &headerless, "valid_rows", &[]).await.expect("taken");
     assert_eq!(wrong.error_code, "missing_columns");
@@ -376,4 +381,64 @@ async fn an_ended_imports_file_is_deleted_after_its_time_and_the_report_still_li
     assert_eq!(workbook.sheet_names(), ["问题清单"], "the file's own rows are gone, its findings stay");
     let listed = workbook.worksheet_range("问题清单").expect("findings");
     assert_eq!(listed.rows().nth(1).expect("a finding")[4].to_string(), "id_number_check_digit");
+}
+
+#[tokio::test]
+async fn reordered_columns_formulas_and_merged_cells_are_read_as_excel_shows_them() {
+    let personnel = spawn_personnel().await;
+    let mut workbook = rust_xlsxwriter::Workbook::new();
+    let sheet = workbook.add_worksheet();
+    // Columns in another order than the template's, one extra column, a formula, and a merged cell.
+    let headers = ["参加工作时间", "证件号码", "备注", "姓名", "经费补助形式", "证件类型"];
+    for (col, header) in headers.iter().enumerate() {
+        sheet.write_string(0, u16::try_from(col).expect("col"), *header).expect("header");
+    }
+    for (col, value) in ["2002-07-01", "230502198001011238", "调入", "张伟", "全额拨款", "01"].iter().enumerate()
+    {
+        sheet.write_string(1, u16::try_from(col).expect("col"), *value).expect("cell");
+    }
+    for (col, value) in ["2012-07-01", "230502199002152344", "", "", "全额拨款", "01"].iter().enumerate() {
+        sheet.write_string(2, u16::try_from(col).expect("col"), *value).expect("cell");
+    }
+    // The name is a formula whose last computed value Excel saved with it.
+    sheet.write_formula(2, 3, rust_xlsxwriter::Formula::new("=\"李\"&\"娜\"").set_result("李娜")).expect("formula");
+    // A name merged over two rows: Excel shows it in the first row only; the second row lacks it.
+    let merged = rust_xlsxwriter::Format::new();
+    sheet.merge_range(3, 3, 4, 3, "孙浩", &merged).expect("merge");
+    for row in [3, 4] {
+        for (col, value) in [(0, "2002-07-01"), (4, "全额拨款"), (5, "01")] {
+            sheet.write_string(row, col, value).expect("cell");
+        }
+    }
+    sheet.write_string(3, 1, id_number(11)).expect("cell");
+    sheet.write_string(4, 1, id_number(12)).expect("cell");
+    let file = workbook.save_to_buffer().expect("xlsx");
+    let job = import(&personnel, &file, "valid_rows", &["population_not_found"]).await.expect("imported");
+    assert_eq!((job.state.as_str(), job.rows_total, job.rows_saved), ("done", 4, 3), "{job:?}");
+    let refused = job.rows.iter().find(|row| row.outcome == "refused").expect("the merged cell's second row");
+    assert_eq!((refused.row_number, refused.findings[0].column.as_str()), (5, "姓名"), "{refused:?}");
+    let names: Vec<String> =
+        sqlx::query_scalar("select name from persons order by name").fetch_all(&personnel.pool).await.expect("names");
+    assert_eq!(names, ["孙浩", "张伟", "李娜"]);
+}
+
+#[tokio::test]
+async fn fifty_thousand_rows_import_to_the_end() {
+    let personnel = spawn_personnel().await;
+    let numbers: Vec<String> = (0..50_000u32)
+        .map(|n| {
+            let (sequence, block) = (n % 1000, n / 1000);
+            let born = format!("198{}{:02}{:02}", block / 28 % 10, block / 28 % 12 + 1, block % 28 + 1);
+            validators::id_number::with_check_char(&format!("230502{born}{sequence:03}"))
+        })
+        .collect();
+    let rows: Vec<[&str; 5]> =
+        numbers.iter().map(|number| ["周敏", "01", number.as_str(), "全额拨款", "2008-09-01"]).collect();
+    let job = import(&personnel, &staff_xlsx(&rows), "valid_rows", &["population_not_found"]).await.expect("imported");
+    assert_eq!((job.state.as_str(), job.rows_total, job.rows_done), ("done", 50_000, 50_000), "{job:?}");
+    // One generated number is 张伟's in the development registry: under another name it is refused.
+    assert_eq!((job.rows_saved, job.rows_failed), (49_999, 1));
+    let refused = job.rows.iter().find(|row| row.outcome == "refused").expect("the refused row");
+    assert_eq!((refused.row_number, refused.findings[0].code.as_str()), (125, "population_name_mismatch"));
+    assert_eq!(registered(&personnel).await, 49_999);
 }
