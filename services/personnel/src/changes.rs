@@ -648,7 +648,6 @@ impl People {
 
     fn item_of(&self, row: &ChangeRow, person: Option<Person>) -> RosterChangeItem {
         let reason = row.leave_reason.clone().unwrap_or_default();
-        let accepted = row.accepted_warnings.as_array().map_or(0, Vec::len);
         let warnings = findings_of_json(&row.findings);
         RosterChangeItem {
             change_id: row.change_id.to_string(),
@@ -668,11 +667,7 @@ impl People {
             person,
             check: Some(CheckReply { ok: true, errors: Vec::new(), warnings, normalized: None }),
             updated_at: Some(timestamp(row.updated_at)),
-            updated_by: if accepted > 0 {
-                format!("{}（已确认{accepted}项提示）", row.updated_by)
-            } else {
-                row.updated_by.clone()
-            },
+            updated_by: row.updated_by.clone(),
         }
     }
 

@@ -1367,12 +1367,16 @@ enum Claimed {
 
 /// The durable consumer of personnel's import work items, shared by every replica.
 pub fn import_consumer(namespace: &Namespace) -> ConsumerSpec {
-    ConsumerSpec::new(
+    let spec = ConsumerSpec::new(
         namespace.work_stream("personnel"),
         namespace.work_filter("personnel"),
         namespace.consumer("personnel", "imports"),
         namespace.work_subject("personnel", "import"),
-    )
+    );
+    // A work item is asked about again, at most a minute apart, until its job ends: one waiting behind its unit's
+    // running import, or through a long outage, must not be given up after the events' 50 deliveries and leave
+    // its job queued for ever (100,000 deliveries is over two months).
+    ConsumerSpec { max_deliver: 100_000, ..spec }
 }
 
 /// Runs the import a work item names. A job another worker is running (or another job of the same unit) is asked
