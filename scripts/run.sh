@@ -95,6 +95,8 @@ cat <<MSG
   After logging in, the unit operator finds its record at https://127.0.0.1:$https_port/unit, its people
   (待办业务: staff and both kinds of retirees) at https://127.0.0.1:$https_port/persons, and declares at
   https://127.0.0.1:$https_port/declaration; the agency reviewer reviews at https://127.0.0.1:$https_port/review.
+  Many people at once: https://127.0.0.1:$https_port/persons/import (xlsx template, upload, report). After
+  approval, people join, leave, retire and are corrected at https://127.0.0.1:$https_port/changes.
 
   From the command line (the JSON API):
     curl --cacert $run_dir/ca/ca.crt --cert $unit_cert --key $unit_key \\
