@@ -100,6 +100,33 @@ async fn finished(personnel: &TestPersonnel, job_id: &str) -> ImportJob {
     personnel.client.clone().get_import_job(get).await.expect("job").into_inner()
 }
 
+/// Personnel whose import worker can be stopped after a batch by the returned crash points, checking `batch_rows`
+/// rows a batch and taking over a silent worker's job after `takeover_after`.
+async fn personnel_with_crash_points(
+    batch_rows: usize,
+    takeover_after: Duration,
+) -> (TestPersonnel, kit::faults::Faults) {
+    let mut personnel = spawn_personnel().await;
+    let faults = kit::faults::Faults::default();
+    let armed = faults.clone();
+    personnel
+        .restart_with(move |config| {
+            config.faults = armed;
+            config.imports.batch_rows = batch_rows;
+            config.imports.takeover_after = takeover_after;
+        })
+        .await;
+    (personnel, faults)
+}
+
+/// `count` staff named 周敏, unknown to the development registry, with the numbers `id_number(first..)`.
+fn unknown_staff_xlsx(first: u32, count: u32) -> Vec<u8> {
+    let numbers: Vec<String> = (first..first + count).map(id_number).collect();
+    let rows: Vec<[&str; 5]> =
+        numbers.iter().map(|number| ["周敏", "01", number.as_str(), "全额拨款", "2008-09-01"]).collect();
+    staff_xlsx(&rows)
+}
+
 async fn registered(personnel: &TestPersonnel) -> u32 {
     let request = ListPersonsRequest { caller: operator(UNIT), page_size: 1, ..Default::default() };
     personnel.client.clone().list_persons(request).await.expect("list").into_inner().total
@@ -277,20 +304,8 @@ async fn csv_in_gb18030_imports_and_bad_files_fail_with_a_reason() {
 
 #[tokio::test]
 async fn a_worker_that_dies_mid_file_is_taken_over_and_no_row_is_lost_or_doubled() {
-    let mut personnel = spawn_personnel().await;
-    let faults = kit::faults::Faults::default();
-    let armed = faults.clone();
-    personnel
-        .restart_with(move |config| {
-            config.faults = armed;
-            config.imports.batch_rows = 10;
-            config.imports.takeover_after = Duration::from_millis(300);
-        })
-        .await;
-    let numbers: Vec<String> = (0..60).map(|n| id_number(100 + n)).collect();
-    let rows: Vec<[&str; 5]> =
-        numbers.iter().map(|number| ["周敏", "01", number.as_str(), "全额拨款", "2008-09-01"]).collect();
-    let file = staff_xlsx(&rows);
+    let (personnel, faults) = personnel_with_crash_points(10, Duration::from_millis(300)).await;
+    let file = unknown_staff_xlsx(100, 60);
     // The worker dies after its first batch: the rows of that batch are saved, the job is left running.
     faults.arm("import.after_batch");
     let get = queue(&personnel, &file, "valid_rows", &["population_not_found"]).await.expect("queued");
@@ -317,21 +332,8 @@ async fn a_worker_that_dies_mid_file_is_taken_over_and_no_row_is_lost_or_doubled
 
 #[tokio::test]
 async fn a_units_second_import_waits_in_line_while_its_first_runs() {
-    let mut personnel = spawn_personnel().await;
-    let faults = kit::faults::Faults::default();
-    let armed = faults.clone();
-    personnel
-        .restart_with(move |config| {
-            config.faults = armed;
-            config.imports.batch_rows = 5;
-            config.imports.takeover_after = Duration::from_secs(2);
-        })
-        .await;
-    let numbers: Vec<String> = (0..20).map(|n| id_number(300 + n)).collect();
-    let rows: Vec<[&str; 5]> =
-        numbers.iter().map(|number| ["周敏", "01", number.as_str(), "全额拨款", "2008-09-01"]).collect();
-    let first_file = staff_xlsx(&rows[..10]);
-    let second_file = staff_xlsx(&rows[10..]);
+    let (personnel, faults) = personnel_with_crash_points(5, Duration::from_secs(2)).await;
+    let (first_file, second_file) = (unknown_staff_xlsx(300, 10), unknown_staff_xlsx(310, 10));
     // The first import stops after its first batch and holds the unit until its worker is taken for dead.
     faults.arm("import.after_batch");
     let first = queue(&personnel, &first_file, "valid_rows", &["population_not_found"]).await.expect("queued");
