@@ -16,6 +16,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut published = descriptors.clone();
     published.file.retain(|file| !file.package().starts_with("pension.testing."));
     std::fs::write(out_dir.join("descriptor.bin"), published.encode_to_vec())?;
+    // The agencies' port describes their package alone (and what it imports), never the internal contracts.
+    let mut agency = descriptors.clone();
+    agency.file.retain(|file| file.package().starts_with("pension.agency.") || !file.package().starts_with("pension."));
+    std::fs::write(out_dir.join("agency_descriptor.bin"), agency.encode_to_vec())?;
     tonic_prost_build::configure()
         // Decode failures must be INVALID_ARGUMENT (the caller sent bad bytes), not tonic's default INTERNAL.
         .codec_path("crate::codec::ProtobufCodec")

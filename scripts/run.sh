@@ -9,6 +9,8 @@ binary=${PENSION_BIN:?PENSION_BIN names the pension binary}
 run_dir=${PENSION_RUN_DIR:-.run}
 http_port=${PENSION_HTTP_PORT:-8080}
 https_port=${PENSION_HTTPS_PORT:-8443}
+agency_port=${PENSION_AGENCY_PORT:-50443}
+export PENSION__GATEWAY__AGENCY_GRPC_ADDR="${PENSION__GATEWAY__AGENCY_GRPC_ADDR:-0.0.0.0:$agency_port}"
 export PENSION__GATEWAY__HTTP_ADDR="${PENSION__GATEWAY__HTTP_ADDR:-0.0.0.0:$http_port}"
 export PENSION__GATEWAY__HTTPS_ADDR="${PENSION__GATEWAY__HTTPS_ADDR:-0.0.0.0:$https_port}"
 # The QR codes on the printed forms open this platform's verification page.
@@ -84,13 +86,16 @@ cat <<MSG
     Registry import  http://127.0.0.1:$http_port/admin/registry  (admin token: $PENSION__GATEWAY__ADMIN_TOKEN)
     CA certificate   http://127.0.0.1:$http_port/ca/ca.crt   CRL  http://127.0.0.1:$http_port/ca/crl
     Operator gRPC    127.0.0.1:50051  (grpcurl -plaintext 127.0.0.1:50051 list)
+    Agency gRPC      127.0.0.1:$agency_port  (mutual TLS, pension.agency.v1; docs/agency-api.md). As the demo agency:
+      grpcurl -cacert $run_dir/ca/ca.crt -cert $run_dir/demo/demo-agency.crt -key $run_dir/demo/demo-agency.key \\
+        -d '{"id_number": "230502198001011238"}' 127.0.0.1:$agency_port pension.agency.v1.AgencyApi/GetPersonEnrollment
 
   Log in (https://127.0.0.1:$https_port/login) with a certificate and a password. Demo accounts, with their
   certificates, keys and PKCS#12 files, are listed in $run_dir/demo.json:
     unit operator    $unit_user / $unit_password
     agency reviewer  reviewer / $(account agency_reviewer password)
     CA operator      ca.operator / $(account ca_operator password)
-    province admin   province.admin / $(account province_admin password)
+    province admin   province.admin / $(account province_admin password)  (API clients: /admin/api-clients)
 
   After logging in, the unit operator finds its record at https://127.0.0.1:$https_port/unit, its people
   (待办业务: staff and both kinds of retirees) at https://127.0.0.1:$https_port/persons, and declares at

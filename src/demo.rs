@@ -60,6 +60,7 @@ pub async fn seed(process: Process, out: &Path) -> anyhow::Result<()> {
     } else {
         seed_accounts(&platform, out, &listing).await?;
     }
+    seed_api_client(&platform, out).await?;
     let file: DemoFile = serde_json::from_slice(&std::fs::read(&listing)?).context("demo.json")?;
     let unit = file.accounts.iter().find(|account| account.role == "unit_operator").context("no demo unit operator")?;
     seed_unit(&platform, unit).await
@@ -110,6 +111,49 @@ async fn seed_accounts(platform: &Platform, out: &Path, listing: &Path) -> anyho
     let file = DemoFile { accounts };
     std::fs::write(listing, serde_json::to_vec_pretty(&file)?)?;
     println!("demo accounts written to {}", listing.display());
+    Ok(())
+}
+
+/// The demo API client of another agency, with every scope and a certificate of the platform's CA, so that the
+/// grpcurl examples of docs/agency-api.md run against `make run` as written. Made once.
+async fn seed_api_client(platform: &Platform, out: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let folder = out.join("demo");
+    let (certificate_path, key_path) = (folder.join("demo-agency.crt"), folder.join("demo-agency.key"));
+    if certificate_path.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
+    let mut identity = IdentityClient::new(platform.channel(proto::names::Service::Identity));
+    let created = identity
+        .create_api_client(proto::identity::CreateApiClientRequest {
+            caller: system(),
+            client_id: "demo-agency".into(),
+            display_name: "演示部门（省财政厅）".into(),
+            scopes: ["persons:read", "units:read", "events:read", "registry:write"].map(String::from).to_vec(),
+            calls_per_minute: 0,
+        })
+        .await;
+    match created {
+        Ok(_) => {}
+        // Made by an earlier run whose files are gone: a new certificate for it is all that is needed.
+        Err(status) if kit::status::reason(&status).as_deref() == Some("client_exists") => {}
+        Err(status) => return Err(rpc_error("creating the demo API client")(status)),
+    }
+    let issued = identity
+        .issue_api_client_certificate(proto::identity::IssueApiClientCertificateRequest {
+            caller: system(),
+            client_id: "demo-agency".into(),
+            csr_pem: String::new(),
+        })
+        .await
+        .map_err(rpc_error("issuing the demo API client's certificate"))?
+        .into_inner();
+    let certificate = issued.certificate.context("no certificate")?;
+    std::fs::write(&certificate_path, &certificate.pem)?;
+    std::fs::write(&key_path, &issued.private_key_pem)?;
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
+    println!("demo API client written to {}", certificate_path.display());
     Ok(())
 }
 

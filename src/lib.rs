@@ -75,6 +75,11 @@ impl AllInOne {
         self.gateway.https_port()
     }
 
+    /// The agencies' gRPC port, when the gateway has a TLS certificate for it.
+    pub fn agency_port(&self) -> Option<u16> {
+        self.gateway.agency_port()
+    }
+
     /// Runs every component until `shutdown` is cancelled; each stops taking requests, finishes those in flight
     /// and flushes its outbox.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {

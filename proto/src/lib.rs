@@ -10,8 +10,17 @@ pub mod names;
 /// The encoded `FileDescriptorSet` of every .proto in this crate, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
 
+/// The encoded `FileDescriptorSet` of the public `pension.agency.v1` package alone, for reflection on the agencies'
+/// port.
+pub const AGENCY_FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/agency_descriptor.bin"));
+
 /// Generated code, one module per protobuf package.
 pub mod pension {
+    pub mod agency {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/pension.agency.v1.rs"));
+        }
+    }
     pub mod common {
         pub mod v1 {
             include!(concat!(env!("OUT_DIR"), "/pension.common.v1.rs"));
@@ -54,6 +63,7 @@ pub mod pension {
     }
 }
 
+pub use pension::agency::v1 as agency;
 pub use pension::common::v1 as common;
 pub use pension::events::v1 as events;
 pub use pension::identity::v1 as identity;

@@ -72,6 +72,12 @@ impl Namespace {
         format!("{}_{}_work", self.0, service).to_ascii_uppercase()
     }
 
+    /// The JetStream stream the agency API's event stream reads: the producing services' event streams sourced into
+    /// one, so that every event has one position (its sequence here) the same for every reader and every resume.
+    pub fn agency_feed_stream(&self) -> String {
+        format!("{}_agency_feed", self.0).to_ascii_uppercase()
+    }
+
     /// The durable consumer name for one handler of a consuming service, e.g. `printing_declared`. Durable names
     /// are per stream, and each namespace has its own streams, so the namespace need not repeat here.
     pub fn consumer(&self, consuming_service: &str, handler: &str) -> String {
@@ -139,6 +145,7 @@ mod tests {
         assert_eq!(ns.event_subject("units", "declared"), "pension.events.units.declared");
         assert_eq!(ns.events_stream("units"), "PENSION_UNITS");
         assert_eq!(ns.consumer("printing", "declared"), "printing_declared");
+        assert_eq!(ns.agency_feed_stream(), "PENSION_AGENCY_FEED");
     }
 
     #[test]

@@ -56,6 +56,7 @@ async fn start_binary() -> RunningBinary {
     let ca_file = |name: &str| ca_dir.path().join(name).to_string_lossy().into_owned();
     environment.extend([
         ("PENSION__GATEWAY__HTTPS_ADDR".to_owned(), format!("127.0.0.1:{}", free_port())),
+        ("PENSION__GATEWAY__AGENCY_GRPC_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
         ("PENSION__GATEWAY__TLS_CERTIFICATE_FILE".to_owned(), ca_file("server.crt")),
         ("PENSION__GATEWAY__TLS_KEY_FILE".to_owned(), ca_file("server.key")),
         ("PENSION__IDENTITY__CA__CERTIFICATE_FILE".to_owned(), ca_file("ca.crt")),

@@ -791,6 +791,7 @@ impl MadeRun {
             .env("PENSION_HTTP_PORT", http_port.to_string())
             .env("PENSION_HTTPS_PORT", https_port.to_string())
             .env("PENSION__GATEWAY__GRPC_ADDR", "127.0.0.1:0")
+            .env("PENSION__GATEWAY__AGENCY_GRPC_ADDR", "127.0.0.1:0")
             .env("PENSION__NATS__URL", kit::testing::shared_nats_url())
             .env("PENSION__NATS__NAMESPACE", &namespace)
             .env("PENSION__REDIS__URL", kit::testing::shared_redis_url())
@@ -1174,6 +1175,115 @@ async fn a_unit_imports_a_spreadsheet_through_the_pages_and_sees_the_report() {
     let listed = text_of(&browser, "#persons").await;
     assert!(listed.contains("李娜") && listed.contains("张伟") && !listed.contains("孙浩"), "{listed}");
 
+    browser.close().await.expect("close the browser");
+    platform.stop().await;
+}
+
+/// The province admin registers another agency's system on the 接口客户端 pages: a mistyped client id is named at
+/// its field; the client is created with two scopes, gets a certificate the platform generates (the private key
+/// shown once), and that certificate works on the agency port until the admin revokes it on the page; then the
+/// admin grants a third scope and disables the client.
+#[tokio::test]
+async fn the_province_admin_registers_an_agency_system_whose_certificate_works_until_revoked() {
+    let platform = crate::helpers::spawn_isolated_with(|gateway| {
+        gateway.client_certificates = gateway::ClientCertificateMode::Header
+    })
+    .await;
+    platform.load_demo_registry().await;
+    let admin = platform.staff("province_admin", "admin.browser", "").await;
+    let ingress = crate::ingress::Ingress::start(platform.https_port).await;
+    let driver = start_chromedriver().await;
+    let profile = tempfile::tempdir().expect("profile folder");
+    let browser = open_browser(&driver, profile.path()).await;
+    log_in(&browser, &ingress, &admin).await;
+    element(&browser, Locator::Id("api-clients-card")).await.click().await.expect("open");
+    assert!(text_of(&browser, "#no-clients").await.contains("尚无接口客户端"));
+
+    fill(&browser, "client_id", "Finance Province").await;
+    fill(&browser, "display_name", "省财政厅").await;
+    element(&browser, Locator::Id("scope_persons_read")).await.click().await.expect("check");
+    element(&browser, Locator::Id("scope_events_read")).await.click().await.expect("check");
+    element(&browser, Locator::Id("create-client")).await.click().await.expect("create");
+    let error = text_of(&browser, "#client_id-error, .field.invalid .error").await;
+    assert!(error.contains("小写字母"), "{error}");
+    assert_eq!(
+        element(&browser, Locator::Id("display_name")).await.prop("value").await.expect("value").as_deref(),
+        Some("省财政厅")
+    );
+    screenshot(&browser, "80-api-client-bad-id").await;
+    fill(&browser, "client_id", "finance-province").await;
+    // The boxes stay as they were checked.
+    assert!(
+        element(&browser, Locator::Id("scope_persons_read")).await.prop("checked").await.expect("checked").as_deref()
+            == Some("true")
+    );
+    element(&browser, Locator::Id("create-client")).await.click().await.expect("create");
+    assert!(wait_for_text(&browser, "#done", "已创建").await.contains("签发"));
+    assert!(text_of(&browser, "#no-certificates").await.contains("尚无证书"));
+    screenshot(&browser, "81-api-client-created").await;
+
+    element(&browser, Locator::Id("issue-certificate")).await.click().await.expect("issue");
+    assert_eq!(text_of(&browser, "#issued-client").await, "finance-province");
+    let value = |id: &'static str| {
+        let browser = browser.clone();
+        async move { element(&browser, Locator::Id(id)).await.prop("value").await.expect("value").expect("text") }
+    };
+    let (certificate, key) = (value("certificate-pem").await, value("private-key").await);
+    assert!(certificate.contains("BEGIN CERTIFICATE") && key.contains("PRIVATE KEY"));
+    screenshot(&browser, "82-api-client-certificate").await;
+
+    // The certificate from the page works on the agency port.
+    let ca = std::fs::read_to_string(&platform.ca.certificate).expect("ca");
+    let lookup =
+        proto::agency::GetPersonEnrollmentRequest { id_number: "230502198001011238".into(), name: String::new() };
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
+        .domain_name("localhost")
+        .identity(tonic::transport::Identity::from_pem(&certificate, &key));
+    let channel = tonic::transport::Channel::from_shared(format!("https://localhost:{}", platform.agency_port))
+        .expect("uri")
+        .tls_config(tls)
+        .expect("tls")
+        .connect()
+        .await
+        .expect("connected");
+    let mut agency = proto::agency::agency_api_client::AgencyApiClient::new(channel);
+    agency.get_person_enrollment(lookup.clone()).await.expect("the new client is admitted");
+
+    element(&browser, Locator::LinkText("返回")).await.click().await.expect("back");
+    let serial = text_of(&browser, "#client-certificates tbody tr td").await;
+    element(&browser, Locator::Id(&format!("revoke-{serial}"))).await.click().await.expect("revoke");
+    assert!(wait_for_text(&browser, "#done", "已吊销").await.contains("CRL"));
+    assert!(text_of(&browser, "#client-certificates").await.contains("已吊销"));
+    screenshot(&browser, "83-api-client-revoked").await;
+    kit::testing::eventually(Duration::from_secs(10), "the revoked certificate is refused", || {
+        let (mut agency, lookup) = (agency.clone(), lookup.clone());
+        async move {
+            agency
+                .get_person_enrollment(lookup)
+                .await
+                .is_err_and(|status| status.code() == tonic::Code::Unauthenticated)
+        }
+    })
+    .await;
+
+    element(&browser, Locator::Id("scope_units_read")).await.click().await.expect("check");
+    choose(&browser, "state", "停用（拒绝一切调用）").await;
+    element(&browser, Locator::Id("save-client")).await.click().await.expect("save");
+    wait_for_text(&browser, "#done", "已保存").await;
+    screenshot(&browser, "84-api-client-saved").await;
+    let clients = platform
+        .identity()
+        .list_api_clients(proto::identity::ListApiClientsRequest {
+            caller: Some(proto::common::Caller { actor: "test".into(), role: "system".into(), ..Default::default() }),
+        })
+        .await
+        .expect("clients")
+        .into_inner()
+        .clients;
+    assert_eq!(clients.len(), 1);
+    assert_eq!(clients[0].scopes, ["persons:read", "units:read", "events:read"]);
+    assert_eq!(clients[0].state, "disabled");
     browser.close().await.expect("close the browser");
     platform.stop().await;
 }

@@ -29,11 +29,14 @@ pub struct TestPlatform {
     pub http_port: u16,
     pub grpc_port: u16,
     pub https_port: u16,
+    /// The agencies' gRPC port (mutual TLS).
+    pub agency_port: u16,
     /// The development CA made for this platform (ca.crt, ca.key, the gateway's server.crt).
     pub ca: identity::ca::DevelopmentCaFiles,
     pub shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _databases: Vec<TestDatabase>,
+    /// The services' databases: identity, units, personnel, printing, then the population registry's.
+    pub databases: Vec<TestDatabase>,
     _ca_dir: tempfile::TempDir,
 }
 
@@ -93,6 +96,7 @@ pub async fn spawn_platform_with(
         http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         https_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        agency_grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         admin_token: Some(ADMIN_TOKEN.into()),
         tls_certificate_file: Some(ca.server_certificate.clone()),
         tls_key_file: Some(ca.server_key.clone()),
@@ -124,6 +128,7 @@ pub async fn spawn_platform_with(
     databases.push(population_database);
     let all = AllInOne::build(&config, &platform).await.expect("the platform builds");
     let (http_port, grpc_port, https_port) = (all.http_port(), all.grpc_port(), all.https_port());
+    let agency_port = all.agency_port().expect("the agency port is open");
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(all.run(shutdown.clone()));
     TestPlatform {
@@ -131,10 +136,11 @@ pub async fn spawn_platform_with(
         http_port,
         grpc_port,
         https_port,
+        agency_port,
         ca,
         shutdown,
         task,
-        _databases: databases,
+        databases,
         _ca_dir: ca_dir,
     }
 }

@@ -160,6 +160,11 @@ async fn the_openapi_document_names_every_operation() {
         .collect();
     for expected in [
         "importRegistry",
+        "listApiClients",
+        "createApiClient",
+        "updateApiClient",
+        "issueApiClientCertificate",
+        "revokeApiClientCertificate",
         "verifyUnitName",
         "applyForKey",
         "getKeyApplication",

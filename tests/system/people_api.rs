@@ -10,14 +10,14 @@ use serde_json::{Value, json};
 use crate::helpers::{Credentials, TestPlatform, spawn_isolated_with};
 
 /// A signed-in unit operator's client: its certificate, session cookie and CSRF token.
-struct Operator {
+pub(crate) struct Operator {
     client: reqwest::Client,
     cookie: String,
     csrf: String,
 }
 
 impl Operator {
-    async fn sign_in(platform: &TestPlatform, unit: &Credentials) -> Self {
+    pub(crate) async fn sign_in(platform: &TestPlatform, unit: &Credentials) -> Self {
         let client = platform.https_client(Some(unit));
         let response = client
             .post(platform.secure_url("/api/session"))
@@ -44,7 +44,7 @@ impl Operator {
         response.text().await.expect("html")
     }
 
-    async fn call(&self, method: reqwest::Method, url: String, body: Option<Value>) -> (StatusCode, Value) {
+    pub(crate) async fn call(&self, method: reqwest::Method, url: String, body: Option<Value>) -> (StatusCode, Value) {
         let mut request =
             self.client.request(method, url).header("cookie", &self.cookie).header("x-csrf-token", &self.csrf);
         if let Some(body) = body {
@@ -70,7 +70,7 @@ fn fields(answer: &Value) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-async fn signed_in_unit() -> (TestPlatform, Operator) {
+pub(crate) async fn signed_in_unit() -> (TestPlatform, Operator) {
     let platform = spawn_isolated_with(|_| {}).await;
     eventually(Duration::from_secs(30), "the gateway trusts the CA", || async {
         platform.https_client(None).get(platform.secure_url("/login")).send().await.is_ok()
@@ -87,7 +87,7 @@ async fn signed_in_unit() -> (TestPlatform, Operator) {
     (platform, operator)
 }
 
-fn unit_record() -> Value {
+pub(crate) fn unit_record() -> Value {
     json!({
         "unit_type": "机关", "credit_code": "11230500MB0000010M", "region_code": "230502", "subordination": "市",
         "funding_source": "全额拨款", "legal_representative": "王建国", "address": "双鸭山市尖山区新兴大街1号",

@@ -5,6 +5,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
+use tonic::transport::server::Connected;
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 
@@ -35,6 +36,17 @@ pub enum GrpcServeError {
 impl GrpcServer {
     /// Serves until `shutdown` is cancelled; then health turns NOT_SERVING and in-flight calls finish.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<(), GrpcServeError> {
+        self.serve_incoming(TcpListenerStream::new(listener), shutdown).await
+    }
+
+    /// As [`GrpcServer::serve`], on connections the caller accepts itself (after a TLS handshake, say); what a
+    /// connection's [`Connected`] info holds reaches every call as a request extension.
+    pub async fn serve_incoming<I, IO, IE>(self, incoming: I, shutdown: CancellationToken) -> Result<(), GrpcServeError>
+    where
+        I: futures::Stream<Item = Result<IO, IE>>,
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Connected + Unpin + Send + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         for name in &self.service_names {
             health_reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
@@ -64,7 +76,7 @@ impl GrpcServer {
         tonic::transport::Server::builder()
             .layer(crate::trace::TraceLayer)
             .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal)
+            .serve_with_incoming_shutdown(incoming, shutdown_signal)
             .await?;
         Ok(())
     }

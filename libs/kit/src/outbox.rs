@@ -33,6 +33,25 @@ pub async fn enqueue(
     Ok(())
 }
 
+/// Adds many events of one subject in one statement, e.g. one per person of an approved roster.
+pub async fn enqueue_many(
+    transaction: &mut PgConnection,
+    subject: &str,
+    ids: &[Uuid],
+    payloads: &[Vec<u8>],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into kit_outbox (id, subject, payload) select id, $2, payload \
+         from unnest($1::uuid[], $3::bytea[]) as events (id, payload)",
+    )
+    .bind(ids)
+    .bind(subject)
+    .bind(payloads)
+    .execute(transaction)
+    .await?;
+    Ok(())
+}
+
 /// The facts every event carries: its id, now, who caused it, and the current request's trace id.
 pub fn event_meta(event_id: Uuid, actor: &str) -> proto::events::EventMeta {
     proto::events::EventMeta {

@@ -5,7 +5,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use kit::service::Platform;
 use proto::common::{GetStatusRequest, ServiceStatus};
@@ -56,6 +56,10 @@ pub fn secure_router(state: AppState) -> Router {
         .route("/api/certificates/{serial}/renew", post(operators::renew_certificate_api))
         .route("/api/certificates/{serial}/revoke", post(operators::revoke_certificate_api))
         .route("/api/accounts", get(operators::list_accounts_api).post(operators::create_account_api))
+        .route("/api/api-clients", get(crate::api_clients::list_api).post(crate::api_clients::create_api))
+        .route("/api/api-clients/{client_id}", put(crate::api_clients::update_api))
+        .route("/api/api-clients/{client_id}/certificates", post(crate::api_clients::certificate_api))
+        .route("/api/api-client-certificates/{serial}/revoke", post(crate::api_clients::revoke_api))
         .route("/api/my-unit", get(enrollment::get_my_unit_api).put(enrollment::update_my_unit_api))
         .route("/api/persons", get(enrollment::list_persons_api).post(enrollment::create_person_api))
         .route("/api/persons/check", post(enrollment::check_person_api))
@@ -127,6 +131,13 @@ pub fn secure_router(state: AppState) -> Router {
         .route("/ca/certificates/{serial}/renew", post(operators::renew_submit))
         .route("/ca/certificates/{serial}/revoke", post(operators::revoke_submit))
         .route("/admin/accounts", get(operators::accounts_page).post(operators::account_submit))
+        .route("/admin/api-clients", get(crate::api_clients::list_page).post(crate::api_clients::create_submit))
+        .route(
+            "/admin/api-clients/{client_id}",
+            get(crate::api_clients::client_page).post(crate::api_clients::update_submit),
+        )
+        .route("/admin/api-clients/{client_id}/certificates", post(crate::api_clients::certificate_submit))
+        .route("/admin/api-clients/{client_id}/certificates/{serial}/revoke", post(crate::api_clients::revoke_submit))
         .route("/", get(auth::main_page))
         .merge(public_routes())
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::session::csrf_guard))

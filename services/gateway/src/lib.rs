@@ -1,12 +1,15 @@
 //! The gateway: the one door of the platform for people and other systems. It serves the public pages and JSON API
 //! on HTTP (8080, with the CRL), everything after login on 8443 (client certificate, then password; sessions in
-//! Redis), the internal services' gRPC for operators on 127.0.0.1:50051, and (from the agency issue on) the
-//! agencies' gRPC; it authenticates and authorizes, and reaches the services only over NATS RPC.
+//! Redis), the internal services' gRPC for operators on 127.0.0.1:50051, and the agencies' gRPC (the public
+//! `pension.agency.v1`, mutual TLS) on 50443; it authenticates and authorizes, and reaches the services only over
+//! NATS RPC.
 //!
 //! **Architecture Invariant:** the gateway has no database. Sessions, throttling and rate limits live in Redis;
 //! everything durable belongs to a service.
 
+mod agency;
 mod api;
+mod api_clients;
 mod auth;
 mod bridge;
 mod changes;
@@ -38,6 +41,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use agency::METHOD_SCOPES as AGENCY_METHOD_SCOPES;
 pub use https::ClientCertificateMode;
 
 /// The `gateway` section.
@@ -77,6 +81,17 @@ pub struct Config {
     pub lockout: Duration,
     /// Where the public pages send people to log in; by default the https port on the host they came to.
     pub login_url: Option<String>,
+    /// The agencies' gRPC port (mutual TLS). It uses `tls_certificate_file` and `tls_key_file` unless
+    /// `agency_tls_certificate_file` and `agency_tls_key_file` are set; with neither it stays closed.
+    pub agency_grpc_addr: SocketAddr,
+    pub agency_tls_certificate_file: Option<PathBuf>,
+    pub agency_tls_key_file: Option<PathBuf>,
+    /// How long identity's answer for an API client's certificate is reused.
+    #[serde(with = "kit::config::millis")]
+    pub agency_auth_cache: Duration,
+    /// How long an agency's event stream stays silent before a heartbeat carries its cursor.
+    #[serde(with = "kit::config::millis")]
+    pub agency_stream_heartbeat: Duration,
 }
 
 impl Default for Config {
@@ -97,6 +112,11 @@ impl Default for Config {
             login_failure_window: Duration::from_secs(15 * 60),
             lockout: Duration::from_secs(15 * 60),
             login_url: None,
+            agency_grpc_addr: SocketAddr::from(([0, 0, 0, 0], 50443)),
+            agency_tls_certificate_file: None,
+            agency_tls_key_file: None,
+            agency_auth_cache: Duration::from_secs(30),
+            agency_stream_heartbeat: Duration::from_secs(30),
         }
     }
 }
@@ -123,6 +143,7 @@ pub struct App {
     http_listener: TcpListener,
     grpc_listener: TcpListener,
     https_listener: TcpListener,
+    agency: Option<agency::AgencyPort>,
     client_certificates: ClientCertificateMode,
     client_certificate_header: String,
     trust_refresh: Duration,
@@ -164,7 +185,29 @@ pub async fn build(config: &Config, platform: &Platform, redis: Redis) -> anyhow
             }
         });
     }
+    let agency_identity = match (&config.agency_tls_certificate_file, &config.agency_tls_key_file) {
+        (Some(certificate), Some(key)) => Some(trust::ServerIdentity::load(certificate, key)?),
+        (None, None) => match (&config.tls_certificate_file, &config.tls_key_file) {
+            (Some(certificate), Some(key)) => Some(trust::ServerIdentity::load(certificate, key)?),
+            _ => None,
+        },
+        _ => anyhow::bail!("gateway.agency_tls_certificate_file and gateway.agency_tls_key_file go together"),
+    };
+    let agency_tls = agency_identity.as_ref().map(agency::server_config).transpose()?;
     let trust = trust::Trust::new(server_identity);
+    let agency = match agency_tls {
+        Some(tls) => {
+            let listener = TcpListener::bind(config.agency_grpc_addr)
+                .await
+                .with_context(|| format!("failed to bind the agency gRPC port {}", config.agency_grpc_addr))?;
+            let timings = (config.agency_auth_cache, config.agency_stream_heartbeat);
+            Some(agency::AgencyPort::new(listener, tls, platform.clone(), redis.clone(), trust.clone(), timings))
+        }
+        None => {
+            tracing::warn!("no TLS certificate for the agency port: 50443 stays closed (set gateway.agency_tls_*)");
+            None
+        }
+    };
     let check_trust = trust.clone();
     platform.readiness.add("trust", move || {
         let loaded = check_trust.is_loaded();
@@ -194,6 +237,7 @@ pub async fn build(config: &Config, platform: &Platform, redis: Redis) -> anyhow
         http_listener,
         grpc_listener,
         https_listener,
+        agency,
         client_certificates: config.client_certificates,
         client_certificate_header: config.client_certificate_header.to_ascii_lowercase(),
         trust_refresh: config.trust_refresh,
@@ -213,6 +257,11 @@ impl App {
         self.state.https_port
     }
 
+    /// The agencies' gRPC port, when it is open.
+    pub fn agency_port(&self) -> Option<u16> {
+        self.agency.as_ref().map(agency::AgencyPort::port)
+    }
+
     /// Serves until `shutdown` is cancelled, then finishes the requests in flight.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let router = api::router(self.state.clone()).merge(kit::admin::router(self.state.platform.readiness.clone()));
@@ -226,8 +275,16 @@ impl App {
             self.state.trust.clone(),
             shutdown.clone(),
         );
-        let refresher = self.state.trust.clone().keep_fresh(self.state.platform.clone(), self.trust_refresh, shutdown);
-        let (http, grpc, https, ()) = tokio::join!(http, grpc, https, refresher);
+        let agency = async {
+            match self.agency {
+                Some(agency) => agency.serve(shutdown.clone()).await,
+                None => Ok(()),
+            }
+        };
+        let refresher =
+            self.state.trust.clone().keep_fresh(self.state.platform.clone(), self.trust_refresh, shutdown.clone());
+        let (http, grpc, https, agency, ()) = tokio::join!(http, grpc, https, agency, refresher);
+        agency.context("gateway agency gRPC server")?;
         http.context("gateway HTTP server")?;
         grpc.context("gateway gRPC server")?;
         https.context("gateway HTTPS server")?;

@@ -79,6 +79,7 @@ impl SessionData {
     /// The caller as services see it.
     pub fn caller(&self, remote: &str) -> Option<Caller> {
         Some(Caller {
+            scopes: Vec::new(),
             actor: self.username.clone(),
             role: self.role.clone(),
             certificate_serial: self.certificate_serial.clone(),

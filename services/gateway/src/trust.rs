@@ -40,6 +40,11 @@ impl ServerIdentity {
             .with_context(|| format!("gateway.tls_key_file: cannot read a private key from {}", key_file.display()))?;
         Ok(Self { chain, key })
     }
+
+    /// The chain and key, for another listener's TLS configuration.
+    pub fn parts(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        (self.chain.clone(), self.key.clone_key())
+    }
 }
 
 /// One refresh's worth of trust.

@@ -14,6 +14,12 @@ use proto::identity::{
     RevokeCertificateRequest, TrustBundle,
 };
 use proto::identity::{
+    ApiClient, ApiClientCertificate, AuthenticateApiClientRequest, AuthenticatedApiClient, CreateApiClientRequest,
+    IssueApiClientCertificateRequest, IssuedApiClientCertificate, ListApiClientsReply, ListApiClientsRequest,
+    RecordApiCallReply, RecordApiCallRequest, RegisterApiClientCertificateRequest, RetireRegistryEntryRequest,
+    RevokeApiClientCertificateRequest, UpdateApiClientRequest,
+};
+use proto::identity::{
     ApplyForKeyRequest, ChangeKeyPasswordRequest, GetKeyApplicationRequest, ImportFileRequest, ImportReport,
     KeyApplication, RegistryEntry, UpsertRegistryEntryRequest, VerifyUnitNameReply, VerifyUnitNameRequest,
     WithdrawKeyApplicationRequest,
@@ -22,7 +28,10 @@ use proto::names::Namespace;
 use secrecy::SecretString;
 use tonic::{Code, Request, Response, Status};
 
+use std::sync::Arc;
+
 use crate::accounts::{Accounts, NewStaffAccount, STAFF_ROLES, check_username};
+use crate::api_clients::{self, ApiClients};
 use crate::ca::CertificateAuthority;
 use crate::certificates::Certificates;
 use crate::keys::{self, Keys, NewApplication, check_id_number, check_password, reject_if_any};
@@ -34,6 +43,7 @@ pub struct IdentityApi {
     runtime: Runtime,
     keys: Keys,
     accounts: Accounts,
+    api_clients: ApiClients,
 }
 
 impl IdentityApi {
@@ -42,6 +52,7 @@ impl IdentityApi {
         namespace: Namespace,
         id_number_key: SecretString,
         ca: Option<CertificateAuthority>,
+        agency_roots: Vec<Vec<u8>>,
     ) -> Self {
         let keys = Keys {
             pool: runtime.pool.clone(),
@@ -50,7 +61,8 @@ impl IdentityApi {
             id_numbers: IdNumberHasher::new(id_number_key),
         };
         let certificates = Certificates { keys: keys.clone(), ca: ca.map(std::sync::Arc::new) };
-        Self { runtime, keys, accounts: Accounts { certificates } }
+        let api_clients = ApiClients { certificates: certificates.clone(), agency_roots: Arc::new(agency_roots) };
+        Self { runtime, keys, accounts: Accounts { certificates }, api_clients }
     }
 
     fn certificates(&self) -> &Certificates {
@@ -82,6 +94,14 @@ fn require_role(actor: &Actor, roles: &[&str], message: &str) -> Result<(), Stat
     } else {
         Err(refuse(Code::PermissionDenied, "forbidden", message))
     }
+}
+
+/// The registry is the province admin's, and the establishment office's system may keep it too (registry:write).
+fn require_registry_writer(caller: &Caller) -> Result<(), Status> {
+    if caller.role == "api_client" && caller.scopes.iter().any(|scope| scope == "registry:write") {
+        return Ok(());
+    }
+    require_province_admin(&actor(Some(caller.clone())))
 }
 
 const CA_ROLES: [&str; 1] = ["ca_operator"];
@@ -131,8 +151,9 @@ impl Identity for IdentityApi {
         request: Request<UpsertRegistryEntryRequest>,
     ) -> Result<Response<RegistryEntry>, Status> {
         let request = request.into_inner();
-        let actor = actor(request.caller);
-        require_province_admin(&actor)?;
+        let caller = request.caller.unwrap_or_default();
+        require_registry_writer(&caller)?;
+        let actor = actor(Some(caller));
         let entry = request.entry.unwrap_or_default();
         let mut violations = Vec::new();
         if entry.institution_code.trim().is_empty() {
@@ -145,8 +166,17 @@ impl Identity for IdentityApi {
             violations.push(Violation::new("credit_code", error.code(), error.to_string()));
             String::new()
         });
+        if entry.unit_type.trim().is_empty() {
+            violations.push(Violation::new("unit_type", "required", "单位类型不能为空"));
+        }
+        if entry.region_code.len() != 6 || !entry.region_code.bytes().all(|byte| byte.is_ascii_digit()) {
+            violations.push(Violation::new("region_code", "invalid_region_code", "所属行政区划应为 6 位数字代码"));
+        }
+        if entry.agency_code.trim().is_empty() {
+            violations.push(Violation::new("agency_code", "required", "所属经办机构不能为空"));
+        }
         reject_if_any(violations)?;
-        let entry = RegistryEntry { credit_code, ..entry };
+        let entry = RegistryEntry { credit_code, retired_at: None, retired_reason: String::new(), ..entry };
         let mut transaction = self.runtime.pool.begin().await.map_err(kit::db::status)?;
         if let Err(violation) = registry::upsert_entry(&mut transaction, &entry).await.map_err(kit::db::status)? {
             return Err(invalid(vec![violation]));
@@ -465,6 +495,157 @@ impl Identity for IdentityApi {
         let mut request = request.into_inner();
         let actor = actor(request.caller.take());
         self.accounts.activate(&actor, request).await.map(Response::new)
+    }
+
+    async fn retire_registry_entry(
+        &self,
+        request: Request<RetireRegistryEntryRequest>,
+    ) -> Result<Response<RegistryEntry>, Status> {
+        let request = request.into_inner();
+        let caller = request.caller.unwrap_or_default();
+        require_registry_writer(&caller)?;
+        let actor = actor(Some(caller));
+        let reason = validators::text::normalize_name(&request.reason);
+        let mut violations = Vec::new();
+        if request.institution_code.trim().is_empty() {
+            violations.push(Violation::new("institution_code", "required", "机构编码不能为空"));
+        }
+        if reason.is_empty() || reason.chars().count() > 200 {
+            violations.push(Violation::new("reason", "invalid_reason", "请填写撤销原因（至多 200 个字）"));
+        }
+        reject_if_any(violations)?;
+        let mut transaction = self.runtime.pool.begin().await.map_err(kit::db::status)?;
+        let entry = registry::retire_entry(&mut transaction, request.institution_code.trim(), &reason)
+            .await
+            .map_err(kit::db::status)?
+            .ok_or_else(|| {
+                refuse(
+                    Code::NotFound,
+                    "registry_entry_not_found",
+                    format!("编制通中没有机构编码为 {} 的单位", request.institution_code.trim()),
+                )
+            })?;
+        let object = format!("registry_entry:{}", entry.institution_code);
+        let record = kit::audit::Record {
+            actor: &actor,
+            action: "registry.retire",
+            object: &object,
+            outcome: kit::audit::Outcome::Success,
+            detail: serde_json::json!({ "unit_name": entry.unit_name, "reason": reason }),
+        };
+        kit::audit::append(&mut transaction, &record).await.map_err(kit::db::status)?;
+        transaction.commit().await.map_err(kit::db::status)?;
+        Ok(Response::new(entry))
+    }
+
+    async fn create_api_client(&self, request: Request<CreateApiClientRequest>) -> Result<Response<ApiClient>, Status> {
+        let request = request.into_inner();
+        let actor = actor(request.caller);
+        require_province_admin(&actor)?;
+        let client_id = request.client_id.trim().to_owned();
+        let mut violations = Vec::new();
+        api_clients::check_client_id(&client_id, &mut violations);
+        let settings = api_clients::check_settings(
+            &request.display_name,
+            &request.scopes,
+            request.calls_per_minute,
+            &mut violations,
+        );
+        reject_if_any(violations)?;
+        self.api_clients.create(&actor, &client_id, settings).await.map(Response::new)
+    }
+
+    async fn update_api_client(&self, request: Request<UpdateApiClientRequest>) -> Result<Response<ApiClient>, Status> {
+        let request = request.into_inner();
+        let actor = actor(request.caller);
+        require_province_admin(&actor)?;
+        let mut violations = Vec::new();
+        let settings = api_clients::check_settings(
+            &request.display_name,
+            &request.scopes,
+            request.calls_per_minute,
+            &mut violations,
+        );
+        let state = match request.state.trim() {
+            "" | "active" => "active",
+            "disabled" => "disabled",
+            _ => {
+                violations.push(Violation::new("state", "invalid_state", "状态应为 active（启用）或 disabled（停用）"));
+                "active"
+            }
+        };
+        reject_if_any(violations)?;
+        self.api_clients.update(&actor, request.client_id.trim(), settings, state).await.map(Response::new)
+    }
+
+    async fn list_api_clients(
+        &self,
+        request: Request<ListApiClientsRequest>,
+    ) -> Result<Response<ListApiClientsReply>, Status> {
+        let actor = actor(request.into_inner().caller);
+        require_province_admin(&actor)?;
+        let clients = self.api_clients.list().await?;
+        Ok(Response::new(ListApiClientsReply { clients, scopes: api_clients::scope_descriptions() }))
+    }
+
+    async fn issue_api_client_certificate(
+        &self,
+        request: Request<IssueApiClientCertificateRequest>,
+    ) -> Result<Response<IssuedApiClientCertificate>, Status> {
+        let request = request.into_inner();
+        let actor = actor(request.caller);
+        require_province_admin(&actor)?;
+        self.api_clients.issue_certificate(&actor, request.client_id.trim(), &request.csr_pem).await.map(Response::new)
+    }
+
+    async fn register_api_client_certificate(
+        &self,
+        request: Request<RegisterApiClientCertificateRequest>,
+    ) -> Result<Response<ApiClientCertificate>, Status> {
+        let request = request.into_inner();
+        let actor = actor(request.caller);
+        require_province_admin(&actor)?;
+        self.api_clients
+            .register_certificate(&actor, request.client_id.trim(), &request.certificate_pem)
+            .await
+            .map(Response::new)
+    }
+
+    async fn revoke_api_client_certificate(
+        &self,
+        request: Request<RevokeApiClientCertificateRequest>,
+    ) -> Result<Response<ApiClientCertificate>, Status> {
+        let request = request.into_inner();
+        let actor = actor(request.caller);
+        require_province_admin(&actor)?;
+        self.api_clients.revoke_certificate(&actor, &request.serial, &request.reason).await.map(Response::new)
+    }
+
+    async fn authenticate_api_client(
+        &self,
+        request: Request<AuthenticateApiClientRequest>,
+    ) -> Result<Response<AuthenticatedApiClient>, Status> {
+        self.api_clients.authenticate(&request.into_inner().certificate_der).await.map(Response::new)
+    }
+
+    async fn record_api_call(
+        &self,
+        request: Request<RecordApiCallRequest>,
+    ) -> Result<Response<RecordApiCallReply>, Status> {
+        let request = request.into_inner();
+        let actor = actor(request.caller);
+        if actor.role != "api_client" {
+            return Err(refuse(Code::PermissionDenied, "forbidden", "只记录接口客户端的调用"));
+        }
+        let outcome = match request.outcome.as_str() {
+            "success" => kit::audit::Outcome::Success,
+            "refused" => kit::audit::Outcome::Refused,
+            _ => kit::audit::Outcome::Failed,
+        };
+        self.api_clients
+            .record_call(&actor, &request.method, outcome, &request.code, &request.reason, &request.detail_json)
+            .await?;
+        Ok(Response::new(RecordApiCallReply {}))
     }
 }
 

@@ -44,7 +44,7 @@ impl KeySource {
         })
     }
 
-    fn sign(&self, ca: &CertificateAuthority, subject: &Subject) -> Result<Made, Status> {
+    pub fn sign(&self, ca: &CertificateAuthority, subject: &Subject) -> Result<Made, Status> {
         match self {
             Self::Request(request) => ca.issue(subject, &request.public_key),
             Self::Generated(key) => ca.issue(subject, key),
@@ -171,7 +171,7 @@ pub async fn insert_certificate(
 }
 
 impl Certificates {
-    fn ca(&self) -> Result<&CertificateAuthority, Status> {
+    pub fn ca(&self) -> Result<&CertificateAuthority, Status> {
         self.ca.as_deref().ok_or_else(ca_missing)
     }
 
@@ -394,7 +394,9 @@ impl Certificates {
             .map_err(kit::db::status)?;
         let revoked: Vec<(String, OffsetDateTime, Option<String>)> = sqlx::query_as(
             "select serial, revoked_at, revocation_reason from certificates \
-             where state <> 'active' and origin = 'issued' and not_after > now() order by revoked_at",
+             where state <> 'active' and origin = 'issued' and not_after > now() \
+             union all select serial, revoked_at, revocation_reason from api_client_certificates \
+             where state = 'revoked' and origin = 'platform' and not_after > now() order by revoked_at",
         )
         .fetch_all(&mut *transaction)
         .await
@@ -446,7 +448,9 @@ impl Certificates {
             .map_err(kit::db::status)?;
         let revoked_serials: Vec<String> = sqlx::query_scalar(
             "select serial from certificates where state <> 'active' and not_after > now() \
-             union select serial from legacy_keys where state = 'revoked'",
+             union select serial from legacy_keys where state = 'revoked' \
+             union select serial from api_client_certificates \
+             where state = 'revoked' and origin = 'platform' and not_after > now()",
         )
         .fetch_all(pool)
         .await

@@ -3,12 +3,14 @@
 //! own database.
 //!
 //! Modules in reading order: `api` (the gRPC face), `registry` (loading the registry, 校验), `keys` (applications),
+//! `api_clients` (other agencies' systems: scopes, certificates, authentication on the agency port),
 //! `ca` (the CA's
 //! signing and certificate checks), `certificates` (制作, renewal, revocation, CRL, staff accounts), `accounts` (login,
 //! activation of legacy keys), `secrets` (password hashing, HMACs).
 
 mod accounts;
 mod api;
+pub mod api_clients;
 pub mod ca;
 mod certificates;
 mod keys;
@@ -46,6 +48,8 @@ pub struct Config {
     pub id_number_key: Option<SecretString>,
     /// The provincial CA's certificate and key.
     pub ca: ca::CaConfig,
+    /// The agency CAs whose certificates API clients may present.
+    pub api_clients: api_clients::ApiClientsConfig,
 }
 
 /// The service, bound and ready to run.
@@ -63,7 +67,8 @@ pub async fn build(config: &Config, platform: &Platform, serve_admin: bool) -> a
     if ca.is_none() {
         tracing::warn!("identity.ca is not configured: logins are verified, but no certificate can be made");
     }
-    let api = IdentityApi::new(runtime.clone(), platform.namespace.clone(), id_number_key, ca);
+    let agency_roots = api_clients::load_agency_roots(&config.api_clients)?;
+    let api = IdentityApi::new(runtime.clone(), platform.namespace.clone(), id_number_key, ca, agency_roots);
     ServiceApp::bind(runtime, IdentityServer::new(api), (&config.service, &DEFAULTS), platform, serve_admin).await
 }
 

@@ -118,6 +118,8 @@ fn registry_row(row: &Row, agency_code: impl Fn(&str) -> Option<String>) -> Resu
         administrative_posts,
         institutional_posts,
         logistics_posts,
+        retired_at: None,
+        retired_reason: String::new(),
     })
 }
 
@@ -164,7 +166,7 @@ pub async fn upsert_entry(
          normalized_name = excluded.normalized_name, credit_code = excluded.credit_code, unit_type = excluded.unit_type, \
          region_code = excluded.region_code, agency_code = excluded.agency_code, \
          administrative_posts = excluded.administrative_posts, institutional_posts = excluded.institutional_posts, \
-         logistics_posts = excluded.logistics_posts, updated_at = now()",
+         logistics_posts = excluded.logistics_posts, retired_at = null, retired_reason = null, updated_at = now()",
     )
     .bind(&entry.institution_code)
     .bind(&entry.unit_name)
@@ -237,11 +239,31 @@ pub async fn import_agencies(pool: &PgPool, table: &Table) -> Result<ImportRepor
     Ok(report)
 }
 
+/// Retires an entry; `None` when there is no such entry. Retiring again keeps the first time and reason.
+pub async fn retire_entry(
+    connection: &mut PgConnection,
+    institution_code: &str,
+    reason: &str,
+) -> Result<Option<RegistryEntry>, sqlx::Error> {
+    let row: Option<EntryRow> = sqlx::query_as(
+        "update registry_entries set retired_at = coalesce(retired_at, now()), \
+         retired_reason = coalesce(retired_reason, $2), updated_at = now() where institution_code = $1 \
+         returning institution_code, unit_name, credit_code, unit_type, region_code, agency_code, \
+         administrative_posts, institutional_posts, logistics_posts, retired_at, retired_reason",
+    )
+    .bind(institution_code)
+    .bind(reason)
+    .fetch_optional(connection)
+    .await?;
+    Ok(row.map(EntryRow::into_entry))
+}
+
 /// The entry whose normalised name equals `unit_name`'s, if any.
 pub async fn find_by_name(pool: &PgPool, unit_name: &str) -> Result<Option<RegistryEntry>, sqlx::Error> {
     let row: Option<EntryRow> = sqlx::query_as(
         "select institution_code, unit_name, credit_code, unit_type, region_code, agency_code, \
-         administrative_posts, institutional_posts, logistics_posts from registry_entries where normalized_name = $1",
+         administrative_posts, institutional_posts, logistics_posts, retired_at, retired_reason from registry_entries \
+         where normalized_name = $1 and retired_at is null",
     )
     .bind(validators::text::normalize_name(unit_name))
     .fetch_optional(pool)
@@ -260,6 +282,8 @@ struct EntryRow {
     administrative_posts: Option<i32>,
     institutional_posts: Option<i32>,
     logistics_posts: Option<i32>,
+    retired_at: Option<time::OffsetDateTime>,
+    retired_reason: Option<String>,
 }
 
 impl EntryRow {
@@ -275,6 +299,8 @@ impl EntryRow {
             administrative_posts: count(self.administrative_posts),
             institutional_posts: count(self.institutional_posts),
             logistics_posts: count(self.logistics_posts),
+            retired_at: self.retired_at.map(crate::keys::timestamp),
+            retired_reason: self.retired_reason.unwrap_or_default(),
         }
     }
 }
@@ -292,7 +318,8 @@ pub async fn closest_names(pool: &PgPool, unit_name: &str, limit: usize) -> Resu
         .map(|pair| format!("%{}%", pair.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")))
         .collect();
     let names: Vec<(String, String)> = sqlx::query_as(
-        "select unit_name, normalized_name from registry_entries where normalized_name like any($1) limit 2000",
+        "select unit_name, normalized_name from registry_entries where normalized_name like any($1) \
+         and retired_at is null limit 2000",
     )
     .bind(&patterns)
     .fetch_all(pool)

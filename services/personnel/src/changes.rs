@@ -858,7 +858,44 @@ impl People {
         .await
         .map_err(kit::db::status)?
         .rows_affected();
+        let persons: Vec<(uuid::Uuid, String, String)> = sqlx::query_as(
+            "select person_id, id_number_masked, kind from persons \
+             where institution_code = $1 and ended_at is null and not pending_add order by person_id",
+        )
+        .bind(unit)
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(kit::db::status)?;
+        self.announce_enrolled(transaction, actor, unit, declaration_id, &persons).await?;
         Ok(serde_json::json!({ "unit": unit, "kind": "initial", "persons": approved }))
+    }
+
+    /// One PersonEnrolled event per person who went on the approved roster, in the applying transaction; written
+    /// with one statement, since a first roster can hold thousands.
+    async fn announce_enrolled(
+        &self,
+        transaction: &mut PgConnection,
+        actor: &Actor,
+        unit: &str,
+        declaration_id: uuid::Uuid,
+        persons: &[(uuid::Uuid, String, String)],
+    ) -> Result<(), Status> {
+        let subject = self.namespace.event_subject("personnel", "person_enrolled");
+        let (mut ids, mut payloads) = (Vec::with_capacity(persons.len()), Vec::with_capacity(persons.len()));
+        for (person_id, masked, kind) in persons {
+            let event_id = kit::outbox::new_event_id();
+            let event = proto::events::PersonEnrolled {
+                meta: Some(kit::outbox::event_meta(event_id, &actor.name)),
+                person_id: person_id.to_string(),
+                institution_code: unit.to_owned(),
+                id_number_masked: masked.clone(),
+                kind: kind.clone(),
+                declaration_id: declaration_id.to_string(),
+            };
+            ids.push(event_id);
+            payloads.push(event.encode_to_vec());
+        }
+        kit::outbox::enqueue_many(transaction, &subject, &ids, &payloads).await.map_err(kit::db::status)
     }
 
     /// Applies a change declaration's frozen changes, each into its person's history with the declaration.
@@ -872,6 +909,7 @@ impl People {
     ) -> Result<serde_json::Value, Status> {
         let items = self.change_items_of(snapshot)?;
         let (mut added, mut removed, mut updated, mut retired) = (0_u32, 0_u32, 0_u32, 0_u32);
+        let mut enrolled = Vec::new();
         for item in &items {
             let change_id: uuid::Uuid = item.change_id.parse().map_err(|_| Status::internal("internal error"))?;
             let Some(row) = self.change_row(&mut *transaction, unit, change_id).await? else {
@@ -899,6 +937,7 @@ impl People {
                         Some(declaration_id),
                     )
                     .await?;
+                    enrolled.push((row.person_id, row.id_number_masked.clone(), row.kind.clone()));
                     added += 1;
                 }
                 ("update" | "remove", Some(pending)) => {
@@ -959,6 +998,7 @@ impl People {
                 .await
                 .map_err(kit::db::status)?;
         }
+        self.announce_enrolled(transaction, actor, unit, declaration_id, &enrolled).await?;
         let event_id = kit::outbox::new_event_id();
         let event = RosterChangesApplied {
             meta: Some(kit::outbox::event_meta(event_id, &actor.name)),

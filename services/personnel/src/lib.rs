@@ -5,7 +5,8 @@
 //! pure function), `codes` (the code lists), `people` (校验, 保存, 待办业务 and their storage), `population` (the
 //! population registry client and the development registry), `roster` (the declared rosters: freezing, releasing,
 //! snapshots), `changes` (人员变更 after approval: open changes, applying an approved declaration), `conflicts`
-//! (stale registrations and each person's history), `imports` (spreadsheet templates, imports as jobs on a work
+//! (stale registrations and each person's history), `enrollment` (a person's enrollment by ID number, for other
+//! agencies), `imports` (spreadsheet templates, imports as jobs on a work
 //! queue, exports), `events` (which agency handles each unit, from identity's events; releasing and applying
 //! rosters on units' declaration events). ID numbers and accounts are sealed with `kit::sealing`.
 
@@ -13,6 +14,7 @@ mod changes;
 pub mod check;
 mod codes;
 mod conflicts;
+mod enrollment;
 mod events;
 pub mod imports;
 mod people;
@@ -420,5 +422,12 @@ impl Personnel for PersonnelApi {
             })
             .collect();
         Ok(Response::new(ListCodesReply { lists }))
+    }
+
+    async fn get_enrollment(
+        &self,
+        request: Request<proto::personnel::GetEnrollmentRequest>,
+    ) -> Result<Response<proto::personnel::Enrollment>, Status> {
+        self.people.enrollment(request.into_inner()).await.map(Response::new)
     }
 }

@@ -6,6 +6,7 @@
 //! that creates a unit's draft record on its operator's first login).
 
 pub mod declarations;
+mod directory;
 mod events;
 mod records;
 
@@ -225,5 +226,12 @@ impl Units for UnitsApi {
             })
             .collect();
         Ok(Response::new(ListUnitCodesReply { lists }))
+    }
+
+    async fn list_units(
+        &self,
+        request: Request<proto::units::ListUnitsRequest>,
+    ) -> Result<Response<proto::units::ListUnitsReply>, Status> {
+        directory::list(&self.runtime.pool, request.into_inner()).await.map(Response::new)
     }
 }

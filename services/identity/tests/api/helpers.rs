@@ -49,6 +49,7 @@ pub async fn spawn_identity() -> TestIdentity {
             key_file: Some(ca.key.clone()),
             ..identity::ca::CaConfig::default()
         },
+        ..identity::Config::default()
     };
     let app = identity::build(&config, &platform, false).await.expect("identity builds");
     let shutdown = CancellationToken::new();
