@@ -843,3 +843,95 @@ async fn the_grpcurl_examples_of_the_agency_api_document_run_as_written() {
     }
     platform.stop().await;
 }
+
+/// A self-signed CA that can sign client certificates.
+fn agency_ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(vec![]).expect("params");
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    let certificate = params.self_signed(&key).expect("CA");
+    let pem = certificate.pem();
+    (pem, rcgen::Issuer::from_ca_cert_der(certificate.der(), key).expect("issuer"))
+}
+
+#[tokio::test]
+async fn a_certificate_of_a_configured_agency_ca_works_once_registered_and_stops_when_revoked() {
+    let (ca_pem_text, issuer) = agency_ca("省公安厅证书中心");
+    let folder = tempfile::tempdir().expect("folder");
+    let ca_file = folder.path().join("police-ca.crt");
+    std::fs::write(&ca_file, &ca_pem_text).expect("ca file");
+    let platform = crate::helpers::spawn_isolated_tuned(
+        |_| {},
+        |identity| identity.api_clients.agency_ca_files = vec![ca_file.clone()],
+    )
+    .await;
+    eventually(Duration::from_secs(30), "the gateway trusts the CA", || async {
+        platform.https_client(None).get(platform.secure_url("/login")).send().await.is_ok()
+    })
+    .await;
+    let now = time::OffsetDateTime::now_utc();
+    let validity = (now - time::Duration::days(1), now + time::Duration::days(365));
+    let theirs = leaf_signed_by(&issuer, "police-province", validity);
+    let mut identity = platform.identity();
+    identity
+        .create_api_client(proto::identity::CreateApiClientRequest {
+            caller: system(),
+            client_id: "police-province".into(),
+            display_name: "省公安厅".into(),
+            scopes: vec!["persons:read".into()],
+            calls_per_minute: 0,
+        })
+        .await
+        .expect("created");
+    let lookup = GetPersonEnrollmentRequest { id_number: "230502198001011238".into(), name: String::new() };
+    let mut client = connect(&platform, platform.agency_port, Some(&theirs)).await;
+    assert_refused(client.get_person_enrollment(lookup.clone()).await, Code::Unauthenticated, "client_unknown");
+
+    // A certificate of a CA nobody configured cannot even be registered.
+    let (_, stranger) = agency_ca("某外部CA");
+    let foreign = leaf_signed_by(&stranger, "police-province", validity);
+    let refused = identity
+        .register_api_client_certificate(proto::identity::RegisterApiClientCertificateRequest {
+            caller: system(),
+            client_id: "police-province".into(),
+            certificate_pem: foreign.certificate.clone(),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(kit::status::violations(&refused)[0].code, "certificate_untrusted");
+
+    let registered = identity
+        .register_api_client_certificate(proto::identity::RegisterApiClientCertificateRequest {
+            caller: system(),
+            client_id: "police-province".into(),
+            certificate_pem: theirs.certificate.clone(),
+        })
+        .await
+        .expect("registered")
+        .into_inner();
+    assert_eq!(registered.origin, "agency_ca");
+    // Identity's earlier refusal of this certificate is kept a few seconds; then the registration counts.
+    eventually(Duration::from_secs(15), "the registered certificate is admitted", || {
+        let (mut client, lookup) = (client.clone(), lookup.clone());
+        async move { client.get_person_enrollment(lookup).await.is_ok() }
+    })
+    .await;
+    identity
+        .revoke_api_client_certificate(proto::identity::RevokeApiClientCertificateRequest {
+            caller: system(),
+            serial: registered.serial,
+            reason: "affiliation_changed".into(),
+        })
+        .await
+        .expect("revoked");
+    eventually(Duration::from_secs(40), "the revocation takes effect", || {
+        let (mut client, lookup) = (client.clone(), lookup.clone());
+        async move {
+            matches!(client.get_person_enrollment(lookup).await, Err(status) if reason(&status) == "certificate_revoked")
+        }
+    })
+    .await;
+    platform.stop().await;
+}

@@ -49,13 +49,21 @@ pub async fn spawn_platform(database_admin_url: &str, nats: NatsConfig, redis: R
 /// The platform in a NATS namespace and Redis prefix of its own, on the shared servers, with the gateway's
 /// configuration adjusted by `tune`.
 pub async fn spawn_isolated_with(tune: impl FnOnce(&mut gateway::Config)) -> TestPlatform {
+    spawn_isolated_tuned(tune, |_| {}).await
+}
+
+/// As [`spawn_isolated_with`], with identity's configuration adjusted too (agency CAs, say).
+pub async fn spawn_isolated_tuned(
+    tune: impl FnOnce(&mut gateway::Config),
+    tune_identity: impl FnOnce(&mut identity::Config),
+) -> TestPlatform {
     let nats = kit::testing::isolated_nats();
     let redis = RedisConfig {
         url: secrecy::SecretString::from(kit::testing::shared_redis_url()),
         key_prefix: format!("{}:", nats.namespace),
         ..RedisConfig::default()
     };
-    spawn_platform_with(&kit::testing::shared_database_url(), nats, redis, tune).await
+    spawn_platform_tuned(&kit::testing::shared_database_url(), nats, redis, tune, tune_identity).await
 }
 
 /// As [`spawn_platform`], with the gateway's configuration adjusted by `tune` (lockout times, refresh, mode).
@@ -64,6 +72,17 @@ pub async fn spawn_platform_with(
     nats: NatsConfig,
     redis: RedisConfig,
     tune: impl FnOnce(&mut gateway::Config),
+) -> TestPlatform {
+    spawn_platform_tuned(database_admin_url, nats, redis, tune, |_| {}).await
+}
+
+/// As [`spawn_platform_with`], with identity's configuration adjusted by `tune_identity`.
+pub async fn spawn_platform_tuned(
+    database_admin_url: &str,
+    nats: NatsConfig,
+    redis: RedisConfig,
+    tune: impl FnOnce(&mut gateway::Config),
+    tune_identity: impl FnOnce(&mut identity::Config),
 ) -> TestPlatform {
     install_crypto_provider();
     let platform = Platform::connect_with(&nats, "system-test", Readiness::default()).await.expect("nats");
@@ -104,16 +123,18 @@ pub async fn spawn_platform_with(
         ..gateway::Config::default()
     };
     tune(&mut gateway);
-    let config = AllInOneConfig {
-        identity: identity::Config {
-            service: service_config().await,
-            ca: identity::ca::CaConfig {
-                certificate_file: Some(ca.certificate.clone()),
-                key_file: Some(ca.key.clone()),
-                ..identity::ca::CaConfig::default()
-            },
-            ..identity::Config::default()
+    let mut identity = identity::Config {
+        service: service_config().await,
+        ca: identity::ca::CaConfig {
+            certificate_file: Some(ca.certificate.clone()),
+            key_file: Some(ca.key.clone()),
+            ..identity::ca::CaConfig::default()
         },
+        ..identity::Config::default()
+    };
+    tune_identity(&mut identity);
+    let config = AllInOneConfig {
+        identity,
         units: units::Config { service: service_config().await, ..units::Config::default() },
         personnel: personnel::Config {
             service: service_config().await,

@@ -7,8 +7,9 @@
 //! gRPC status that says why (`UNAUTHENTICATED`, reason `certificate_expired`, …) instead of a bare TLS alert. No
 //! call is served before that answer: each method admits the caller (certificate, scope, rate limit in Redis),
 //! does its work through the services over NATS within the caller's deadline, and audits the outcome in identity
-//! before answering. Identity's answers are cached per certificate for `agency_auth_cache`; revoked serials from
-//! the trust bundle are checked on every call, so a revocation takes effect within one trust refresh.
+//! before answering. Identity's answers are cached per certificate for `agency_auth_cache`; the revoked client
+//! certificates of the trust bundle (by SHA-256) are checked on every call, so a revocation takes effect within one
+//! trust refresh.
 //!
 //! The event stream reads one JetStream stream that sources the services' event streams: an event's sequence there
 //! is its cursor, the same for every reader and every resume, so a resumed stream neither skips nor repeats.
@@ -420,13 +421,13 @@ impl AgencyService {
                     if cache.len() > 10_000 {
                         cache.clear();
                     }
-                    cache.insert(fingerprint, (Instant::now(), outcome.clone()));
+                    cache.insert(fingerprint.clone(), (Instant::now(), outcome.clone()));
                 }
                 outcome
             }
         };
         let client = outcome?;
-        if self.trust.is_revoked(&client.serial) {
+        if self.trust.is_fingerprint_revoked(&fingerprint) {
             return Err(refusal(
                 Code::Unauthenticated,
                 "certificate_revoked",

@@ -52,6 +52,7 @@ impl ServerIdentity {
 struct Snapshot {
     bundle: TrustBundle,
     revoked: HashSet<String>,
+    revoked_fingerprints: HashSet<Vec<u8>>,
     tls: Option<Arc<ServerConfig>>,
 }
 
@@ -83,6 +84,11 @@ impl Trust {
         self.snapshot().is_some_and(|snapshot| snapshot.revoked.contains(serial))
     }
 
+    /// Whether an API client's certificate (by its SHA-256) is revoked, as of the last refresh.
+    pub fn is_fingerprint_revoked(&self, fingerprint: &[u8]) -> bool {
+        self.snapshot().is_some_and(|snapshot| snapshot.revoked_fingerprints.contains(fingerprint))
+    }
+
     pub fn is_loaded(&self) -> bool {
         self.snapshot().is_some()
     }
@@ -104,7 +110,8 @@ impl Trust {
             None => None,
         };
         let revoked = bundle.revoked_serials.iter().cloned().collect();
-        let snapshot = Arc::new(Snapshot { bundle, revoked, tls });
+        let revoked_fingerprints = bundle.revoked_client_fingerprints.iter().cloned().collect();
+        let snapshot = Arc::new(Snapshot { bundle, revoked, revoked_fingerprints, tls });
         if let Ok(mut current) = self.current.write() {
             *current = Some(snapshot);
         }

@@ -455,7 +455,14 @@ impl Certificates {
         .fetch_all(pool)
         .await
         .map_err(kit::db::status)?;
+        let revoked_client_fingerprints: Vec<Vec<u8>> = sqlx::query_scalar(
+            "select fingerprint from api_client_certificates where state = 'revoked' and not_after > now()",
+        )
+        .fetch_all(pool)
+        .await
+        .map_err(kit::db::status)?;
         Ok(TrustBundle {
+            revoked_client_fingerprints,
             ca_certificate_pem: self.ca.as_deref().map(|ca| ca.certificate_pem().to_owned()).unwrap_or_default(),
             legacy_root_pems,
             crl_der,
