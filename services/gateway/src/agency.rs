@@ -483,13 +483,7 @@ impl AgencyService {
     /// Admits a call: certificate, scope, rate. The caller to audit is returned either way.
     async fn admit<T>(&self, request: &Request<T>, scope: &str, method: &str) -> (Caller, Result<Admitted, Status>) {
         let peer = request.extensions().get::<AgencyPeer>().cloned();
-        let deadline = request
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|value| value.to_str().ok())
-            .and_then(kit::rpc::parse_grpc_timeout)
-            .unwrap_or(DEFAULT_DEADLINE)
-            .min(DEFAULT_DEADLINE);
+        let deadline = deadline_of(request.metadata());
         let mut caller = Caller {
             actor: "unknown".into(),
             role: "api_client".into(),
@@ -559,17 +553,34 @@ impl AgencyService {
         let scope = scope_of(method);
         let (caller, admitted) = self.admit(&request, scope, method).await;
         let result = match admitted {
-            Ok(admitted) => {
-                let deadline = admitted.deadline;
-                match tokio::time::timeout(deadline, work(admitted, request.into_inner())).await {
-                    Ok(result) => result,
-                    Err(_) => Err(refusal(Code::DeadlineExceeded, "deadline_exceeded", "调用超过了截止时间")),
-                }
-            }
+            Ok(admitted) => within(admitted.deadline, work(admitted, request.into_inner())).await,
             Err(status) => Err(status),
         };
         self.audit(caller, method, result.as_ref().map(|_| ()), detail).await?;
         result.map(Response::new)
+    }
+}
+
+/// The time a call has: the caller's `grpc-timeout`, at most [`DEFAULT_DEADLINE`], which also applies when the
+/// caller set none.
+fn deadline_of(metadata: &tonic::metadata::MetadataMap) -> Duration {
+    metadata
+        .get("grpc-timeout")
+        .and_then(|value| value.to_str().ok())
+        .and_then(kit::rpc::parse_grpc_timeout)
+        .unwrap_or(DEFAULT_DEADLINE)
+        .min(DEFAULT_DEADLINE)
+}
+
+/// The work's answer, or DEADLINE_EXCEEDED once `deadline` has passed (the work is dropped then: its NATS calls
+/// carry the same deadline and give up too).
+async fn within<R>(
+    deadline: Duration,
+    work: impl std::future::Future<Output = Result<R, Status>>,
+) -> Result<R, Status> {
+    match tokio::time::timeout(deadline, work).await {
+        Ok(result) => result,
+        Err(_) => Err(refusal(Code::DeadlineExceeded, "deadline_exceeded", "调用超过了截止时间")),
     }
 }
 
@@ -1066,5 +1077,51 @@ fn public_entry(entry: proto::identity::RegistryEntry) -> RegistryEntry {
         institutional_posts: entry.institutional_posts,
         logistics_posts: entry.logistics_posts,
         retired_at: entry.retired_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata(timeout: Option<&'static str>) -> tonic::metadata::MetadataMap {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        if let Some(timeout) = timeout {
+            metadata.insert("grpc-timeout", tonic::metadata::MetadataValue::from_static(timeout));
+        }
+        metadata
+    }
+
+    #[test]
+    fn a_call_has_the_deadline_its_caller_set_and_at_most_ten_seconds() {
+        assert_eq!(deadline_of(&metadata(Some("250m"))), Duration::from_millis(250));
+        assert_eq!(deadline_of(&metadata(Some("3S"))), Duration::from_secs(3));
+        assert_eq!(deadline_of(&metadata(Some("1M"))), DEFAULT_DEADLINE);
+        assert_eq!(deadline_of(&metadata(None)), DEFAULT_DEADLINE);
+        assert_eq!(deadline_of(&metadata(Some("soon"))), DEFAULT_DEADLINE);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_anything_else_is_refused() {
+        assert_eq!(decode_cursor(&encode_cursor(42)).ok(), Some(42));
+        assert_eq!(decode_cursor("").ok(), Some(0));
+        let refused = decode_cursor("eyJ2Ijo5LCJzZXEiOjF9").expect_err("a cursor of another version");
+        assert_eq!(kit::status::reason(&refused).as_deref(), Some("invalid_cursor"));
+        assert!(decode_cursor("%%%").is_err());
+    }
+
+    #[tokio::test]
+    async fn work_past_its_deadline_is_deadline_exceeded() {
+        let work = async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok::<(), Status>(())
+        };
+        let late = within(deadline_of(&metadata(Some("20m"))), work).await.expect_err("late");
+        assert_eq!(
+            (late.code(), kit::status::reason(&late).as_deref()),
+            (Code::DeadlineExceeded, Some("deadline_exceeded"))
+        );
+        let quick = within(deadline_of(&metadata(Some("20m"))), async { Ok::<u8, Status>(7) }).await;
+        assert_eq!(quick.ok(), Some(7));
     }
 }
