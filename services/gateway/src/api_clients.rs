@@ -18,7 +18,7 @@ use proto::identity::{
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, json_call};
 use crate::keys::{identity, rfc3339};
 use crate::session::SignedIn;
 
@@ -136,13 +136,6 @@ pub struct RevokeBody {
     pub reason: String,
 }
 
-fn parse<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> Result<T, ApiError> {
-    if body.is_empty() {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|error| ApiError::bad_json(&error))
-}
-
 async fn list(state: &AppState, signed_in: &SignedIn) -> Result<(Vec<ClientView>, Vec<(String, String)>), ApiError> {
     signed_in.require(&ADMINS)?;
     let reply = identity(state)
@@ -243,14 +236,10 @@ pub async fn list_api(State(state): State<AppState>, signed_in: SignedIn) -> Res
 }
 
 pub async fn create_api(State(state): State<AppState>, signed_in: SignedIn, body: Bytes) -> Response {
-    let result = match parse::<ClientBody>(&body) {
-        Ok(body) => create(&state, &signed_in, body).await,
-        Err(error) => Err(error),
-    };
-    match result {
-        Ok(client) => (StatusCode::CREATED, Json(serde_json::json!({ "client": client }))).into_response(),
-        Err(error) => error.into_response(),
-    }
+    json_call(&body, StatusCode::CREATED, |body: ClientBody| async {
+        create(&state, &signed_in, body).await.map(|client| serde_json::json!({ "client": client }))
+    })
+    .await
 }
 
 pub async fn update_api(
@@ -259,14 +248,10 @@ pub async fn update_api(
     Path(client_id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let result = match parse::<ClientBody>(&body) {
-        Ok(body) => update(&state, &signed_in, client_id, body).await,
-        Err(error) => Err(error),
-    };
-    match result {
-        Ok(client) => Json(serde_json::json!({ "client": client })).into_response(),
-        Err(error) => error.into_response(),
-    }
+    json_call(&body, StatusCode::OK, |body: ClientBody| async {
+        update(&state, &signed_in, client_id, body).await.map(|client| serde_json::json!({ "client": client }))
+    })
+    .await
 }
 
 pub async fn certificate_api(
@@ -275,14 +260,8 @@ pub async fn certificate_api(
     Path(client_id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let result = match parse::<CertificateBody>(&body) {
-        Ok(body) => add_certificate(&state, &signed_in, client_id, body).await,
-        Err(error) => Err(error),
-    };
-    match result {
-        Ok(issued) => (StatusCode::CREATED, Json(issued)).into_response(),
-        Err(error) => error.into_response(),
-    }
+    json_call(&body, StatusCode::CREATED, |body: CertificateBody| add_certificate(&state, &signed_in, client_id, body))
+        .await
 }
 
 pub async fn revoke_api(
@@ -291,14 +270,12 @@ pub async fn revoke_api(
     Path(serial): Path<String>,
     body: Bytes,
 ) -> Response {
-    let result = match parse::<RevokeBody>(&body) {
-        Ok(body) => revoke(&state, &signed_in, serial, body.reason).await,
-        Err(error) => Err(error),
-    };
-    match result {
-        Ok(certificate) => Json(serde_json::json!({ "certificate": certificate })).into_response(),
-        Err(error) => error.into_response(),
-    }
+    json_call(&body, StatusCode::OK, |body: RevokeBody| async {
+        revoke(&state, &signed_in, serial, body.reason)
+            .await
+            .map(|certificate| serde_json::json!({ "certificate": certificate }))
+    })
+    .await
 }
 
 // ---- pages ----
@@ -388,10 +365,6 @@ fn done_message(done: &str) -> &'static str {
     }
 }
 
-fn user(signed_in: &SignedIn) -> minijinja::Value {
-    minijinja::Value::from(minijinja::value::Serde(crate::auth::AccountView::from(&signed_in.session)))
-}
-
 fn serde<T: Serialize>(value: T) -> minijinja::Value {
     minijinja::Value::from(minijinja::value::Serde(value))
 }
@@ -409,7 +382,7 @@ async fn list_view(
     };
     state.pages.render(
         "api_clients.html",
-        context! { section => "api_clients", user => user(signed_in), csrf => signed_in.session.csrf_token.clone(),
+        context! { section => "api_clients", user => crate::enrollment::user(signed_in), csrf => signed_in.session.csrf_token.clone(),
         clients => serde(&clients), scopes => scopes, form => serde(form), errors => errors, error => error },
     )
 }
@@ -433,7 +406,7 @@ async fn client_view(
     let form = form.unwrap_or_else(|| ClientForm::of(&client));
     state.pages.render(
         "api_client.html",
-        context! { section => "api_clients", user => user(signed_in), csrf => signed_in.session.csrf_token.clone(),
+        context! { section => "api_clients", user => crate::enrollment::user(signed_in), csrf => signed_in.session.csrf_token.clone(),
         client => serde(&client), scopes => scopes, form => serde(&form), errors => errors, error => error,
         message => message },
     )
@@ -505,7 +478,7 @@ pub async fn certificate_submit(
         }
         Ok(issued) => state.pages.render(
             "api_client_issued.html",
-            context! { section => "api_clients", user => user(&signed_in), csrf => signed_in.session.csrf_token.clone(),
+            context! { section => "api_clients", user => crate::enrollment::user(&signed_in), csrf => signed_in.session.csrf_token.clone(),
             client_id => client_id, issued => serde(&issued) },
         ),
         Err(error) => {

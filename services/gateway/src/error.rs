@@ -95,3 +95,29 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// A JSON body: empty is the type's defaults, anything else must parse.
+pub fn parse_or_default<T: serde::de::DeserializeOwned + Default>(body: &bytes::Bytes) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|error| ApiError::bad_json(&error))
+}
+
+/// One JSON API call: the body parsed (empty: the defaults), `work` done with it, and its answer as JSON with
+/// `status`, or the error.
+pub async fn json_call<T, R, Fut>(body: &bytes::Bytes, status: StatusCode, work: impl FnOnce(T) -> Fut) -> Response
+where
+    T: serde::de::DeserializeOwned + Default,
+    R: Serialize,
+    Fut: std::future::Future<Output = Result<R, ApiError>>,
+{
+    let result = match parse_or_default::<T>(body) {
+        Ok(body) => work(body).await,
+        Err(error) => Err(error),
+    };
+    match result {
+        Ok(answer) => (status, Json(answer)).into_response(),
+        Err(error) => error.into_response(),
+    }
+}

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine as _;
 use bytes::Bytes;
-use minijinja::{Value, context};
+use minijinja::context;
 use proto::identity::{
     CertificateInfo, CreateAccountRequest, IssueCertificateRequest, IssuedCertificate, ListAccountsRequest,
     ListCertificatesRequest, ListKeyApplicationsRequest, RenewCertificateRequest, RevokeCertificateRequest,
@@ -19,7 +19,8 @@ use proto::identity::{
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::enrollment::user;
+use crate::error::{ApiError, parse_or_default as parse};
 use crate::keys::{ApplicationView, identity, rfc3339};
 use crate::session::SignedIn;
 
@@ -95,13 +96,6 @@ impl From<IssuedCertificate> for IssuedView {
             pkcs12_password: issued.pkcs12_password,
         }
     }
-}
-
-fn parse<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> Result<T, ApiError> {
-    if body.is_empty() {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|error| ApiError::bad_json(&error))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -321,10 +315,6 @@ pub async fn list_accounts_api(State(state): State<AppState>, signed_in: SignedI
 }
 
 // ---- pages ----
-
-fn user(signed_in: &SignedIn) -> Value {
-    minijinja::Value::from(minijinja::value::Serde(crate::auth::AccountView::from(&signed_in.session)))
-}
 
 pub fn denied(state: &AppState, signed_in: &SignedIn, error: &ApiError) -> Response {
     let mut response = state.pages.render(
