@@ -11,7 +11,7 @@ export CARGO_TARGET_DIR
 help:
 	@echo "make run    start the whole platform locally and print where to open it"
 	@echo "make test   run every test against real PostgreSQL, NATS and Redis"
-	@echo "make bench  the benchmarks, in release mode (so far: rendering the printed forms)"
+	@echo "make bench  the benchmarks, in release mode: rendering the printed forms, the dashboards at the province's size"
 	@echo "make lint   rustfmt and clippy, warnings as errors"
 	@echo "make deps   only make sure PostgreSQL, NATS and Redis are up"
 
@@ -29,6 +29,7 @@ test: deps
 
 bench: deps
 	cargo bench -p printing --bench render
+	cargo bench -p pension --bench dashboard
 
 lint:
 	cargo fmt --all -- --check

@@ -102,6 +102,8 @@ cat <<MSG
   https://127.0.0.1:$https_port/declaration; the agency reviewer reviews at https://127.0.0.1:$https_port/review.
   Many people at once: https://127.0.0.1:$https_port/persons/import (xlsx template, upload, report). After
   approval, people join, leave, retire and are corrected at https://127.0.0.1:$https_port/changes.
+  Enrollment progress (参保进度: funnel, regions, people per day and hour, the review queue, the live load) for the
+  province admin and the agency reviewer: https://127.0.0.1:$https_port/dashboard.
 
   From the command line (the JSON API):
     curl --cacert $run_dir/ca/ca.crt --cert $unit_cert --key $unit_key \\

@@ -58,6 +58,11 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// The enrollment dashboards' projection (kept by units from the services' events).
+    Progress {
+        #[command(subcommand)]
+        action: ProgressAction,
+    },
     /// Development and demonstration data.
     Demo {
         #[command(subcommand)]
@@ -93,6 +98,13 @@ enum KeysAction {
     /// higher `data_key_version`) and the old one in `retired_data_keys`; once this reports nothing remaining, the
     /// old key can go.
     Rotate,
+}
+
+#[derive(Debug, Subcommand)]
+enum ProgressAction {
+    /// Rebuild the projection from the event streams into temporary tables and compare it with the one kept live;
+    /// exits non-zero on any difference. Reads only: the live projection is left as it is.
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,6 +153,7 @@ fn main() -> ExitCode {
             }
             Command::Keys { action: KeysAction::Rotate } => rotate_data_keys(process).await,
             Command::Demo { action: DemoAction::Seed { out } } => pension::demo::seed(process, &out).await,
+            Command::Progress { action: ProgressAction::Verify } => verify_progress(process).await,
         }
     })
 }
@@ -189,6 +202,32 @@ async fn import_legacy(process: Process, roots: PathBuf, keys: PathBuf) -> anyho
 
 /// `pension keys rotate`: each sealing service re-seals its values; the counts are printed, and anything left
 /// under an older key makes the command fail so a script notices.
+async fn verify_progress(process: Process) -> anyhow::Result<()> {
+    let config: units::Config = process.settings.section("units")?;
+    let platform = Platform::connect(&process, "pension-cli").await?;
+    platform.wait_connected(std::time::Duration::from_secs(10)).await?;
+    let pool = kit::db::connect_application(&config.service.database, units::DEFAULTS.database).await?;
+    let jetstream = async_nats::jetstream::new(platform.nats.clone());
+    let verification = units::progress::verify(&pool, &jetstream, &platform.namespace).await?;
+    for (stream, replayed) in &verification.replayed {
+        println!("{stream}: {replayed} events replayed");
+    }
+    for (table, differences) in &verification.differences {
+        println!("{table}: {} rows differ", differences.len());
+        for difference in differences {
+            println!("  {difference}");
+        }
+    }
+    if verification.matches() {
+        println!("the live projection equals its rebuild from the events");
+        return Ok(());
+    }
+    if verification.pending > 0 {
+        anyhow::bail!("the projection differs, and {} events were still pending: run it again", verification.pending);
+    }
+    anyhow::bail!("the live projection differs from its rebuild from the events")
+}
+
 async fn rotate_data_keys(process: Process) -> anyhow::Result<()> {
     use proto::personnel::personnel_client::PersonnelClient;
     use proto::printing::printing_client::PrintingClient;

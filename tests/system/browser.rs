@@ -625,7 +625,7 @@ async fn signed_in_unit() -> SignedInUnit {
 /// The unit record filled in and `staff` saved over NATS RPC, as the pages of journey 2 leave them (tested there),
 /// once identity's first-login event has made the draft record; returns the operator as a caller and the unit's
 /// agency.
-async fn record_and_staff(
+pub(crate) async fn record_and_staff(
     platform: &crate::helpers::TestPlatform,
     unit: &crate::helpers::Credentials,
     staff: &[(&str, &str)],
@@ -1284,6 +1284,69 @@ async fn the_province_admin_registers_an_agency_system_whose_certificate_works_u
     assert_eq!(clients.len(), 1);
     assert_eq!(clients[0].scopes, ["persons:read", "units:read", "events:read"]);
     assert_eq!(clients[0].state, "disabled");
+    browser.close().await.expect("close the browser");
+    platform.stop().await;
+}
+
+/// The province dashboard (参保进度) in Chromium after a morning's journey: the headline figures, the funnel, the
+/// regions and the queue as charts with their tables, and a screenshot of it; then an agency reviewer's own.
+#[tokio::test]
+async fn the_province_admin_opens_the_dashboard_and_an_agency_reviewer_sees_its_own() {
+    let platform = crate::helpers::spawn_isolated_with(|gateway| {
+        gateway.client_certificates = gateway::ClientCertificateMode::Header
+    })
+    .await;
+    platform.load_demo_registry().await;
+    let scenario = crate::dashboard::run_scenario(&platform).await;
+    let ingress = crate::ingress::Ingress::start(platform.https_port).await;
+    let driver = start_chromedriver().await;
+    let profile = tempfile::tempdir().expect("profile folder");
+    let browser = open_browser(&driver, profile.path()).await;
+    let admin = platform.staff("province_admin", "admin.browser", "").await;
+    log_in(&browser, &ingress, &admin).await;
+    element(&browser, Locator::LinkText("参保进度")).await.click().await.expect("the dashboard");
+    // The projection follows the events within moments; the page shows what it holds when asked.
+    for _ in 0..100 {
+        if text_of(&browser, "#headline").await.contains("完成率 11.1%") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        browser.refresh().await.expect("refresh");
+    }
+    let headline = text_of(&browser, "#headline").await;
+    assert!(headline.contains("应参保单位") && headline.contains("完成率 11.1%"), "{headline}");
+    assert_eq!(text_of(&browser, "#scope").await, "全省");
+    for chart in ["funnel-chart", "regions-chart", "agencies-chart", "people-day-chart", "queue-chart", "load-chart"] {
+        element(&browser, Locator::Id(chart)).await;
+    }
+    let funnel = text_of(&browser, "#table-funnel").await;
+    assert!(funnel.contains("已参保") && funnel.contains("11.1%"), "{funnel}");
+    assert!(text_of(&browser, "#table-regions").await.contains("双鸭山市"));
+    assert!(text_of(&browser, "#table-rejections").await.contains(crate::dashboard::REJECTION));
+    screenshot(&browser, "80-province-dashboard").await;
+    browser.execute("document.getElementById('review').scrollIntoView()", vec![]).await.expect("scroll");
+    screenshot(&browser, "81-province-dashboard-review").await;
+    element(&browser, Locator::Id("logout")).await.click().await.expect("logout");
+
+    let reviewer = platform.staff("agency_reviewer", "reviewer.dashboard", &scenario.agency).await;
+    log_in(&browser, &ingress, &reviewer).await;
+    browser.goto(&ingress.url("/dashboard")).await.expect("the dashboard");
+    let scope = text_of(&browser, "#scope").await;
+    assert_eq!(scope, "双鸭山市社会保险事业中心");
+    assert!(text_of(&browser, "#table-funnel").await.contains('6'), "the agency's six units");
+    assert!(browser.find(Locator::Id("agencies-chart")).await.is_err(), "no breakdown by agency for a reviewer");
+    screenshot(&browser, "82-agency-dashboard").await;
+    // On a tablet the charts shrink and the wide tables scroll within their own box, not the page.
+    browser.set_window_size(768, 1024).await.expect("tablet size");
+    browser.refresh().await.expect("refresh");
+    let overflow = browser
+        .execute("return document.documentElement.scrollWidth - window.innerWidth;", vec![])
+        .await
+        .expect("measure")
+        .as_i64()
+        .unwrap_or(i64::MAX);
+    assert!(overflow <= 0, "the dashboard is {overflow} px wider than a tablet");
+    screenshot(&browser, "83-tablet-agency-dashboard").await;
     browser.close().await.expect("close the browser");
     platform.stop().await;
 }

@@ -4,6 +4,7 @@
 mod agency_api;
 mod binary;
 mod browser;
+mod dashboard;
 mod helpers;
 mod ingress;
 mod key_api;

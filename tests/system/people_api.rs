@@ -44,6 +44,11 @@ impl Operator {
         response.text().await.expect("html")
     }
 
+    /// A GET as the signed-in client, the answer as it comes (a download).
+    pub(crate) async fn get(&self, url: String) -> reqwest::Response {
+        self.client.get(url).header("cookie", &self.cookie).send().await.expect("answer")
+    }
+
     pub(crate) async fn call(&self, method: reqwest::Method, url: String, body: Option<Value>) -> (StatusCode, Value) {
         let mut request =
             self.client.request(method, url).header("cookie", &self.cookie).header("x-csrf-token", &self.csrf);

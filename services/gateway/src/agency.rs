@@ -68,9 +68,10 @@ pub const EVENTS_READ: &str = "events:read";
 pub const REGISTRY_WRITE: &str = "registry:write";
 
 /// What each method needs.
-pub const METHOD_SCOPES: [(&str, &str); 5] = [
+pub const METHOD_SCOPES: [(&str, &str); 6] = [
     ("GetPersonEnrollment", PERSONS_READ),
     ("ListUnits", UNITS_READ),
+    ("GetEnrollmentProgress", UNITS_READ),
     ("StreamEvents", EVENTS_READ),
     ("UpsertRegistryEntry", REGISTRY_WRITE),
     ("RetireRegistryEntry", REGISTRY_WRITE),
@@ -595,6 +596,62 @@ fn outgoing<T>(message: T, deadline: Duration) -> Request<T> {
     request
 }
 
+/// The dashboards' figures in the public package's terms.
+fn public_progress(progress: proto::units::EnrollmentProgress) -> proto::agency::EnrollmentProgress {
+    use proto::agency::UnitProgressState;
+    let state = |state: &str| match state {
+        "not_applied" => UnitProgressState::NotApplied,
+        "key_applied" => UnitProgressState::KeyApplied,
+        "key_made" => UnitProgressState::KeyMade,
+        "activated" => UnitProgressState::Activated,
+        "record_filled" => UnitProgressState::RecordFilled,
+        "declared" => UnitProgressState::Declared,
+        "under_review" => UnitProgressState::UnderReview,
+        "rejected" => UnitProgressState::Rejected,
+        "approved" => UnitProgressState::Approved,
+        _ => UnitProgressState::Unspecified,
+    };
+    let people = |count: proto::units::PeopleCount| proto::agency::PeopleCount {
+        start: count.start,
+        staff: count.staff,
+        retiree_pre_reform: count.retiree_pre_reform,
+        retiree_post_reform: count.retiree_post_reform,
+        deleted: count.deleted,
+    };
+    proto::agency::EnrollmentProgress {
+        as_of: progress.as_of,
+        unit_states: progress
+            .unit_states
+            .into_iter()
+            .map(|row| proto::agency::UnitStateCount {
+                state: state(&row.state).into(),
+                region_code: row.region_code,
+                agency_code: row.agency_code,
+                units: row.units,
+            })
+            .collect(),
+        people_by_day: progress.people_by_day.into_iter().map(people).collect(),
+        people_by_hour: progress.people_by_hour.into_iter().map(people).collect(),
+        review_queue: progress
+            .queue
+            .into_iter()
+            .map(|queue| proto::agency::AgencyQueue {
+                agency_code: queue.agency_code,
+                declared: queue.declared,
+                under_review: queue.under_review,
+                oldest_declared_at: queue.oldest_declared_at,
+                approved: queue.approved,
+                rejected: queue.rejected,
+            })
+            .collect(),
+        rejection_reasons: progress
+            .rejection_reasons
+            .into_iter()
+            .map(|reason| proto::agency::RejectionReason { reason: reason.reason, declarations: reason.declarations })
+            .collect(),
+    }
+}
+
 /// A service's refusal passes through; anything else is the platform's trouble, said without its details.
 fn from_service(status: Status) -> Status {
     match status.code() {
@@ -988,6 +1045,29 @@ impl AgencyApi for AgencyService {
                 })
                 .collect();
             Ok(ListUnitsResponse { units, next_page_token })
+        })
+        .await
+    }
+
+    async fn get_enrollment_progress(
+        &self,
+        request: Request<proto::agency::GetEnrollmentProgressRequest>,
+    ) -> Result<Response<proto::agency::EnrollmentProgress>, Status> {
+        let body = request.get_ref();
+        let detail = serde_json::json!({ "agency_code": body.agency_code, "region_code": body.region_code });
+        self.unary(request, "GetEnrollmentProgress", detail, |admitted, request| async move {
+            let mut units = proto::units::units_client::UnitsClient::new(self.platform.channel(Service::Units));
+            let ask = proto::units::GetEnrollmentProgressRequest {
+                caller: Some(admitted.caller),
+                agency_code: request.agency_code,
+                region_code: request.region_code,
+            };
+            let progress = units
+                .get_enrollment_progress(outgoing(ask, admitted.deadline))
+                .await
+                .map_err(from_service)?
+                .into_inner();
+            Ok(public_progress(progress))
         })
         .await
     }

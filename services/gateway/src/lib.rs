@@ -13,7 +13,9 @@ mod api_clients;
 mod auth;
 mod bridge;
 mod changes;
+mod charts;
 mod conflicts;
+mod dashboard;
 mod declarations;
 mod enrollment;
 mod error;
@@ -42,7 +44,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use agency::METHOD_SCOPES as AGENCY_METHOD_SCOPES;
+pub use dashboard::province_page_html as dashboard_page_html;
 pub use https::ClientCertificateMode;
+pub use pages::Pages;
 
 /// The `gateway` section.
 #[derive(Debug, Clone, Deserialize)]

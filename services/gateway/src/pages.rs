@@ -63,6 +63,7 @@ impl Pages {
             ("person_history.html", include_str!("../templates/person_history.html")),
             ("import.html", include_str!("../templates/import.html")),
             ("import_job.html", include_str!("../templates/import_job.html")),
+            ("dashboard.html", include_str!("../templates/dashboard.html")),
         ] {
             // The templates are part of the binary and covered by tests, so a syntax error is a build defect.
             if let Err(error) = templates.add_template(name, source) {
@@ -71,6 +72,14 @@ impl Pages {
         }
         templates.add_filter("beijing", beijing_time);
         Self { templates }
+    }
+
+    /// A page's HTML, or the error's text in its place (benchmarks and tests).
+    pub fn render_to_string(&self, name: &str, context: Value) -> String {
+        match self.templates.get_template(name).and_then(|template| template.render(context)) {
+            Ok(html) => html,
+            Err(error) => format!("cannot render {name}: {error}"),
+        }
     }
 
     pub fn render(&self, name: &str, context: Value) -> Response {

@@ -131,7 +131,9 @@ impl Identity for IdentityApi {
         let actor = actor(request.caller);
         require_province_admin(&actor)?;
         let table = spreadsheet::read(&request.file, &registry::REGISTRY_COLUMNS).map_err(import_failed)?;
-        let report = registry::import_registry(&self.runtime.pool, &table).await.map_err(kit::db::status)?;
+        let report = registry::import_registry(&self.runtime.pool, &self.keys.namespace, &actor.name, &table)
+            .await
+            .map_err(kit::db::status)?;
         audit_import(&self.runtime, &actor, "registry.import", &report).await?;
         Ok(Response::new(report))
     }
@@ -178,7 +180,10 @@ impl Identity for IdentityApi {
         reject_if_any(violations)?;
         let entry = RegistryEntry { credit_code, retired_at: None, retired_reason: String::new(), ..entry };
         let mut transaction = self.runtime.pool.begin().await.map_err(kit::db::status)?;
-        if let Err(violation) = registry::upsert_entry(&mut transaction, &entry).await.map_err(kit::db::status)? {
+        if let Err(violation) = registry::upsert_entry(&mut transaction, &self.keys.namespace, &actor.name, &entry)
+            .await
+            .map_err(kit::db::status)?
+        {
             return Err(invalid(vec![violation]));
         }
         let object = format!("registry_entry:{}", entry.institution_code);
@@ -515,16 +520,22 @@ impl Identity for IdentityApi {
         }
         reject_if_any(violations)?;
         let mut transaction = self.runtime.pool.begin().await.map_err(kit::db::status)?;
-        let entry = registry::retire_entry(&mut transaction, request.institution_code.trim(), &reason)
-            .await
-            .map_err(kit::db::status)?
-            .ok_or_else(|| {
-                refuse(
-                    Code::NotFound,
-                    "registry_entry_not_found",
-                    format!("编制通中没有机构编码为 {} 的单位", request.institution_code.trim()),
-                )
-            })?;
+        let entry = registry::retire_entry(
+            &mut transaction,
+            &self.keys.namespace,
+            &actor.name,
+            request.institution_code.trim(),
+            &reason,
+        )
+        .await
+        .map_err(kit::db::status)?
+        .ok_or_else(|| {
+            refuse(
+                Code::NotFound,
+                "registry_entry_not_found",
+                format!("编制通中没有机构编码为 {} 的单位", request.institution_code.trim()),
+            )
+        })?;
         let object = format!("registry_entry:{}", entry.institution_code);
         let record = kit::audit::Record {
             actor: &actor,

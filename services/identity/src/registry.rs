@@ -2,7 +2,9 @@
 //! time, and 校验 — matching a typed unit name against the registry.
 
 use kit::status::Violation;
+use prost::Message as _;
 use proto::identity::{ImportReport, RegistryEntry, RowError};
+use proto::names::Namespace;
 use sqlx::{PgConnection, PgPool};
 
 use spreadsheet::{Row, Table};
@@ -125,7 +127,12 @@ fn registry_row(row: &Row, agency_code: impl Fn(&str) -> Option<String>) -> Resu
 
 /// Loads a registry table: every good row upserted (by institution code), every bad one reported. A row whose name
 /// or credit code belongs to another institution is refused rather than silently overwriting it.
-pub async fn import_registry(pool: &PgPool, table: &Table) -> Result<ImportReport, sqlx::Error> {
+pub async fn import_registry(
+    pool: &PgPool,
+    namespace: &Namespace,
+    actor: &str,
+    table: &Table,
+) -> Result<ImportReport, sqlx::Error> {
     let agencies: Vec<(String, String)> = sqlx::query_as("select code, name from agencies").fetch_all(pool).await?;
     let resolve_agency = |given: &str| {
         let given = validators::text::normalize_name(given);
@@ -138,7 +145,7 @@ pub async fn import_registry(pool: &PgPool, table: &Table) -> Result<ImportRepor
     let mut transaction = pool.begin().await?;
     for row in &table.rows {
         match registry_row(row, resolve_agency) {
-            Ok(entry) => match upsert_entry(&mut transaction, &entry).await? {
+            Ok(entry) => match upsert_entry(&mut transaction, namespace, actor, &entry).await? {
                 Ok(()) => report.loaded += 1,
                 Err(violation) => {
                     report.errors.push(row_error(row, &violation.field, &violation.code, &violation.message))
@@ -151,10 +158,13 @@ pub async fn import_registry(pool: &PgPool, table: &Table) -> Result<ImportRepor
     Ok(report)
 }
 
-/// Upserts one entry inside the caller's transaction. A conflict with another institution's name or credit code is
-/// returned as a violation (in a savepoint, so the caller's transaction stays usable).
+/// Upserts one entry inside the caller's transaction, with its `registry_entry_changed` event. A conflict with another
+/// institution's name or credit code is returned as a violation (in a savepoint, so the caller's transaction stays
+/// usable).
 pub async fn upsert_entry(
     connection: &mut PgConnection,
+    namespace: &Namespace,
+    actor: &str,
     entry: &RegistryEntry,
 ) -> Result<Result<(), Violation>, sqlx::Error> {
     let mut savepoint = sqlx::Connection::begin(&mut *connection).await?;
@@ -183,6 +193,7 @@ pub async fn upsert_entry(
     match result {
         Ok(_) => {
             savepoint.commit().await?;
+            enqueue_changed(connection, namespace, actor, entry, false).await?;
             Ok(Ok(()))
         }
         Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("23505") => {
@@ -239,9 +250,12 @@ pub async fn import_agencies(pool: &PgPool, table: &Table) -> Result<ImportRepor
     Ok(report)
 }
 
-/// Retires an entry; `None` when there is no such entry. Retiring again keeps the first time and reason.
+/// Retires an entry, with its `registry_entry_changed` event; `None` when there is no such entry. Retiring again keeps
+/// the first time and reason.
 pub async fn retire_entry(
     connection: &mut PgConnection,
+    namespace: &Namespace,
+    actor: &str,
     institution_code: &str,
     reason: &str,
 ) -> Result<Option<RegistryEntry>, sqlx::Error> {
@@ -253,9 +267,33 @@ pub async fn retire_entry(
     )
     .bind(institution_code)
     .bind(reason)
-    .fetch_optional(connection)
+    .fetch_optional(&mut *connection)
     .await?;
-    Ok(row.map(EntryRow::into_entry))
+    let entry = row.map(EntryRow::into_entry);
+    if let Some(entry) = &entry {
+        enqueue_changed(connection, namespace, actor, entry, true).await?;
+    }
+    Ok(entry)
+}
+
+/// The event that tells the enrollment dashboards which units should enroll, where, and under which agency.
+async fn enqueue_changed(
+    connection: &mut PgConnection,
+    namespace: &Namespace,
+    actor: &str,
+    entry: &RegistryEntry,
+    retired: bool,
+) -> Result<(), sqlx::Error> {
+    let event_id = kit::outbox::new_event_id();
+    let event = proto::events::RegistryEntryChanged {
+        meta: Some(kit::outbox::event_meta(event_id, actor)),
+        institution_code: entry.institution_code.clone(),
+        region_code: entry.region_code.clone(),
+        agency_code: entry.agency_code.clone(),
+        retired,
+    };
+    let subject = namespace.event_subject("identity", "registry_entry_changed");
+    kit::outbox::enqueue(connection, event_id, &subject, &event.encode_to_vec()).await
 }
 
 /// The entry whose normalised name equals `unit_name`'s, if any.

@@ -29,16 +29,17 @@ impl Handler for UnitAgency {
             return Err(HandlerError::Poison("UnitFirstLogin without its unit or agency".into()));
         }
         sqlx::query(
-            "insert into unit_agencies (institution_code, agency_code, agency_name, unit_type, unit_name) \
-             values ($1, $2, $3, $4, $5) on conflict (institution_code) do update set \
+            "insert into unit_agencies (institution_code, agency_code, agency_name, unit_type, unit_name, region_code) \
+             values ($1, $2, $3, $4, $5, $6) on conflict (institution_code) do update set \
              agency_code = excluded.agency_code, agency_name = excluded.agency_name, unit_type = excluded.unit_type, \
-             unit_name = excluded.unit_name",
+             unit_name = excluded.unit_name, region_code = excluded.region_code",
         )
         .bind(&login.institution_code)
         .bind(&login.agency_code)
         .bind(&login.agency_name)
         .bind(&login.unit_type)
         .bind(&login.unit_name)
+        .bind(&login.region_code)
         .execute(&mut *transaction)
         .await?;
         Ok(())

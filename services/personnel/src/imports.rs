@@ -59,6 +59,19 @@ impl Default for ImportConfig {
     }
 }
 
+/// An import job waiting or running, with how many were queued before it.
+#[derive(sqlx::FromRow)]
+struct WaitingJob {
+    institution_code: String,
+    unit_name: String,
+    kind: String,
+    state: String,
+    ahead: i64,
+    rows_done: i32,
+    rows_total: Option<i32>,
+    queued_at: Option<OffsetDateTime>,
+}
+
 /// The most problem rows a report holds: a report is one NATS message.
 const REPORT_ROWS: usize = 1000;
 
@@ -600,6 +613,57 @@ impl People {
         }
     }
 
+    /// The imports queued and running now, province-wide for the province admin, the agency's units' for an agency
+    /// reviewer: the dashboards' live load. Places in line count every unit's jobs, as the units' own pages do.
+    pub async fn import_queue(&self, caller: &Caller) -> Result<proto::personnel::ImportQueue, Status> {
+        let agency = match caller.role.as_str() {
+            "province_admin" | "system" => String::new(),
+            "agency_reviewer" if !caller.agency_code.is_empty() => caller.agency_code.clone(),
+            _ => {
+                return Err(kit::status::refuse(
+                    Code::PermissionDenied,
+                    "forbidden",
+                    "只有省级管理员和经办机构审核员可以查看导入队列",
+                ));
+            }
+        };
+        let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::All).await.map_err(kit::db::status)?;
+        let rows: Vec<WaitingJob> = sqlx::query_as(
+            "select j.institution_code, coalesce(a.unit_name, '') as unit_name, j.kind, j.state, j.ahead, \
+             j.rows_done, j.rows_total, j.queued_at from (select *, count(*) over (order by queued_at \
+                 rows between unbounded preceding and 1 preceding) as ahead \
+                 from import_jobs where state in ('queued', 'running')) j \
+             left join unit_agencies a on a.institution_code = j.institution_code \
+             where $1 = '' or a.agency_code = $1 \
+             order by j.state = 'queued', j.queued_at",
+        )
+        .bind(&agency)
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(kit::db::status)?;
+        transaction.commit().await.map_err(kit::db::status)?;
+        let queued = rows.iter().filter(|row| row.state == "queued").count();
+        let count = |value: usize| u32::try_from(value).unwrap_or(u32::MAX);
+        Ok(proto::personnel::ImportQueue {
+            queued: count(queued),
+            running: count(rows.len() - queued),
+            jobs: rows
+                .into_iter()
+                .take(50)
+                .map(|job| proto::personnel::QueuedImport {
+                    place_in_line: if job.state == "queued" { u32::try_from(job.ahead).unwrap_or(u32::MAX) } else { 0 },
+                    institution_code: job.institution_code,
+                    unit_name: job.unit_name,
+                    kind: job.kind,
+                    state: job.state,
+                    rows_done: u32::try_from(job.rows_done).unwrap_or(0),
+                    rows_total: job.rows_total.and_then(|total| u32::try_from(total).ok()).unwrap_or(0),
+                    queued_at: job.queued_at.map(kit::convert::timestamp),
+                })
+                .collect(),
+        })
+    }
+
     /// Takes a queued job (or one whose worker fell silent) for `worker`, unless another job of the same unit is
     /// running: one import at a time per unit, so a unit's second file waits for its first. None when the job is
     /// not this worker's to run now; `finished` says whether it is over.
@@ -876,6 +940,8 @@ impl People {
             }
         }
         self.count_rows(&mut transaction, job.job_id, recorded, saved, refused).await?;
+        let saved_count = u32::try_from(saved).unwrap_or(0);
+        self.announce_registered(&mut transaction, unit, actor, &job.kind, saved_count, "import").await?;
         transaction.commit().await.map_err(kit::db::status)?;
         Ok(None)
     }
@@ -1063,6 +1129,8 @@ impl People {
             .execute(&mut *transaction)
             .await
             .map_err(kit::db::status)?;
+        let saved_count = u32::try_from(saved).unwrap_or(0);
+        self.announce_registered(&mut transaction, unit, actor, &job.kind, saved_count, "import").await?;
         transaction.commit().await.map_err(kit::db::status)
     }
 

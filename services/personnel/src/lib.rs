@@ -430,4 +430,12 @@ impl Personnel for PersonnelApi {
     ) -> Result<Response<proto::personnel::Enrollment>, Status> {
         self.people.enrollment(request.into_inner()).await.map(Response::new)
     }
+
+    async fn get_import_queue(
+        &self,
+        request: Request<proto::personnel::GetImportQueueRequest>,
+    ) -> Result<Response<proto::personnel::ImportQueue>, Status> {
+        let caller = request.into_inner().caller.unwrap_or_default();
+        self.people.import_queue(&caller).await.map(Response::new)
+    }
 }

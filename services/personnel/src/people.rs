@@ -4,6 +4,7 @@
 
 use kit::audit::{self, Actor, Outcome};
 use kit::status::{Violation, invalid, refuse};
+use prost::Message as _;
 use proto::common::Caller;
 use proto::personnel::{
     AcceptedWarning, CheckReply, DeemedPeriod, Finding as FindingMessage, ListPersonsReply, Normalized, Person,
@@ -184,6 +185,17 @@ pub(crate) fn accepted_values(
         })
         .collect();
     Ok((values, accepted_warnings))
+}
+
+/// The unit's agency and region as the unit's first login told them (empty when it has not logged in here yet).
+async fn unit_place(connection: &mut PgConnection, unit: &str) -> Result<(String, String), Status> {
+    let place: Option<(String, String)> =
+        sqlx::query_as("select agency_code, region_code from unit_agencies where institution_code = $1")
+            .bind(unit)
+            .fetch_optional(connection)
+            .await
+            .map_err(kit::db::status)?;
+    Ok(place.unwrap_or_default())
 }
 
 /// Adds an entry to a person's history (`person_history`), the ID number's blind index read from the person's row.
@@ -440,6 +452,7 @@ impl People {
         }
         if !editing {
             history(&mut transaction, person_id, "registered", &actor.name, None, None).await?;
+            self.announce_registered(&mut transaction, &unit, &actor, &values.kind, 1, "save").await?;
         }
         let object = format!("person:{person_id}");
         let record = audit::Record {
@@ -695,16 +708,30 @@ impl People {
         let person_id: uuid::Uuid = person_id.trim().parse().map_err(|_| not_found())?;
         let mut transaction = kit::db::begin_scoped(&self.pool, &Scope::unit(&unit)).await.map_err(kit::db::status)?;
         self.roster_locked(&mut transaction, &unit).await?;
-        let masked: Option<String> = sqlx::query_scalar(
+        let deleted: Option<(String, String)> = sqlx::query_as(
             "delete from persons where person_id = $1 and institution_code = $2 and ended_at is null \
-             returning id_number_masked",
+             returning id_number_masked, kind",
         )
         .bind(person_id)
         .bind(&unit)
         .fetch_optional(&mut *transaction)
         .await
         .map_err(kit::db::status)?;
-        let Some(masked) = masked else { return Err(not_found()) };
+        let Some((masked, kind)) = deleted else { return Err(not_found()) };
+        let (agency_code, region_code) = unit_place(&mut transaction, &unit).await?;
+        let event_id = kit::outbox::new_event_id();
+        let event = proto::events::PersonDeleted {
+            meta: Some(kit::outbox::event_meta(event_id, &actor.name)),
+            person_id: person_id.to_string(),
+            institution_code: unit.clone(),
+            agency_code,
+            region_code,
+            kind,
+        };
+        let subject = self.namespace.event_subject("personnel", "person_deleted");
+        kit::outbox::enqueue(&mut transaction, event_id, &subject, &event.encode_to_vec())
+            .await
+            .map_err(kit::db::status)?;
         let object = format!("person:{person_id}");
         let record = audit::Record {
             actor: &actor,
@@ -716,6 +743,39 @@ impl People {
         audit::append(&mut transaction, &record).await.map_err(kit::db::status)?;
         transaction.commit().await.map_err(kit::db::status)?;
         Ok(())
+    }
+
+    /// Announces `count` people of `kind` saved to the unit's roster in the caller's transaction
+    /// (`people_registered`): one event per transaction, whatever the count.
+    pub(crate) async fn announce_registered(
+        &self,
+        transaction: &mut PgConnection,
+        unit: &str,
+        actor: &Actor,
+        kind: &str,
+        count: u32,
+        source: &str,
+    ) -> Result<(), Status> {
+        if count == 0 {
+            return Ok(());
+        }
+        let (agency_code, region_code) = unit_place(&mut *transaction, unit).await?;
+        let event_id = kit::outbox::new_event_id();
+        let mut event = proto::events::PeopleRegistered {
+            meta: Some(kit::outbox::event_meta(event_id, &actor.name)),
+            institution_code: unit.to_owned(),
+            agency_code,
+            region_code,
+            source: source.to_owned(),
+            ..Default::default()
+        };
+        match kind {
+            "retiree_pre_reform" => event.retiree_pre_reform = count,
+            "retiree_post_reform" => event.retiree_post_reform = count,
+            _ => event.staff = count,
+        }
+        let subject = self.namespace.event_subject("personnel", "people_registered");
+        kit::outbox::enqueue(transaction, event_id, &subject, &event.encode_to_vec()).await.map_err(kit::db::status)
     }
 
     pub(crate) async fn audit_refusal(&self, actor: &Actor, action: &str, object: &str, status: &Status) {

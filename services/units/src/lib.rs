@@ -3,11 +3,13 @@
 //!
 //! Modules in reading order: this file (the gRPC face and start-up), `records` (the unit record and who may see
 //! it), `declarations` (declaring, withdrawing and the review, with the saga's reconciler), `events` (the consumer
-//! that creates a unit's draft record on its operator's first login).
+//! that creates a unit's draft record on its operator's first login), `progress` (the enrollment dashboards'
+//! projection of identity's, this service's and personnel's events, and its figures).
 
 pub mod declarations;
 mod directory;
 mod events;
+pub mod progress;
 mod records;
 
 use std::sync::Arc;
@@ -77,9 +79,15 @@ pub async fn build(config: &Config, platform: &Platform, serve_admin: bool) -> a
     let api = UnitsApi { runtime: runtime.clone(), codes: Arc::new(codes), sealer, declarations: declarations.clone() };
     let consumer = events::first_login_consumer(&platform.namespace);
     let (pool, jetstream) = (runtime.pool.clone(), runtime.jetstream.clone());
-    let app =
+    let mut app =
         ServiceApp::bind(runtime, UnitsServer::new(api), (&config.service, &DEFAULTS), platform, serve_admin).await?;
     let every = config.declarations.settle_every;
+    let progress = Arc::new(progress::Progress::new(&platform.namespace));
+    for source in progress::SOURCES {
+        let (pool, jetstream, progress) = (pool.clone(), jetstream.clone(), progress.clone());
+        let spec = progress::consumer(&platform.namespace, source);
+        app = app.with_background(move |shutdown| kit::consumer::run(pool, jetstream, spec, progress, shutdown));
+    }
     Ok(app
         .with_background(move |shutdown| {
             kit::consumer::run(pool, jetstream, consumer, Arc::new(events::FirstLogin), shutdown)
@@ -136,9 +144,15 @@ impl Units for UnitsApi {
     ) -> Result<Response<UpdateUnitRecordReply>, Status> {
         let request = request.into_inner();
         let caller = request.caller.unwrap_or_default();
-        let (record, warnings) =
-            records::update(&self.runtime.pool, &self.codes, &self.sealer, &caller, request.record.unwrap_or_default())
-                .await?;
+        let (record, warnings) = records::update(
+            &self.runtime.pool,
+            &self.declarations.namespace,
+            &self.codes,
+            &self.sealer,
+            &caller,
+            request.record.unwrap_or_default(),
+        )
+        .await?;
         Ok(Response::new(UpdateUnitRecordReply { record: Some(record), warnings }))
     }
 
@@ -233,5 +247,12 @@ impl Units for UnitsApi {
         request: Request<proto::units::ListUnitsRequest>,
     ) -> Result<Response<proto::units::ListUnitsReply>, Status> {
         directory::list(&self.runtime.pool, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn get_enrollment_progress(
+        &self,
+        request: Request<proto::units::GetEnrollmentProgressRequest>,
+    ) -> Result<Response<proto::units::EnrollmentProgress>, Status> {
+        progress::read(&self.runtime.pool, request.into_inner()).await.map(Response::new)
     }
 }

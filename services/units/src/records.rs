@@ -184,6 +184,7 @@ struct ClearAccountRow {
 struct LockedRecord {
     state: String,
     credit_code: String,
+    agency_code: String,
     legal_representative_id_sealed: Option<Vec<u8>>,
     key_version: Option<i32>,
 }
@@ -427,9 +428,11 @@ fn field_name(column: &'static str) -> &'static str {
     if column == "unit_type_code" { "unit_type" } else { column }
 }
 
-/// Saves the unit operator's record: only the operator's own unit, only while it is a draft.
+/// Saves the unit operator's record: only the operator's own unit, only while it is a draft. The saved record is
+/// announced (`unit_record_saved`) for the enrollment dashboards.
 pub async fn update(
     pool: &PgPool,
+    namespace: &proto::names::Namespace,
     codes: &UnitCodes,
     sealer: &Sealer,
     caller: &Caller,
@@ -442,7 +445,7 @@ pub async fn update(
     let mut transaction =
         kit::db::begin_scoped(pool, &Scope::unit(&caller.institution_code)).await.map_err(kit::db::status)?;
     let current: Option<LockedRecord> = sqlx::query_as(
-        "select state, credit_code, legal_representative_id_sealed, key_version from units \
+        "select state, credit_code, agency_code, legal_representative_id_sealed, key_version from units \
          where institution_code = $1 for update",
     )
     .bind(&caller.institution_code)
@@ -452,6 +455,7 @@ pub async fn update(
     let Some(LockedRecord {
         state,
         credit_code,
+        agency_code,
         legal_representative_id_sealed: stored_legal_id,
         key_version: stored_version,
     }) = current
@@ -541,6 +545,16 @@ pub async fn update(
         detail: serde_json::json!({ "accepted_warnings": checked.warnings.len() }),
     };
     audit::append(&mut transaction, &record).await.map_err(kit::db::status)?;
+    let event_id = kit::outbox::new_event_id();
+    let event = proto::events::UnitRecordSaved {
+        meta: Some(kit::outbox::event_meta(event_id, &actor.name)),
+        institution_code: caller.institution_code.clone(),
+        agency_code,
+    };
+    let subject = namespace.event_subject("units", "unit_record_saved");
+    kit::outbox::enqueue(&mut transaction, event_id, &subject, &prost::Message::encode_to_vec(&event))
+        .await
+        .map_err(kit::db::status)?;
     transaction.commit().await.map_err(kit::db::status)?;
     let warnings = checked
         .warnings

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use calamine::Reader as _;
+use prost::Message as _;
 use proto::personnel::{
     CreateImportJobRequest, ExportPersonsRequest, GetImportJobRequest, GetImportTemplateRequest, ImportJob,
     ListPersonsRequest, PutImportChunkRequest,
@@ -219,6 +220,18 @@ async fn good_rows_are_saved_bad_ones_reported_by_row_and_column_and_a_second_up
     assert_eq!(again.rows_saved, 0);
     assert_eq!(again.rows.iter().filter(|row| row.outcome == "already_registered").count(), 3);
     assert_eq!(registered(&personnel).await, 3, "the same file twice registers no one twice");
+    // The dashboards hear of the three in one event of the batch; the second upload saved no one, said nothing.
+    let announced: Vec<Vec<u8>> =
+        sqlx::query_scalar("select payload from kit_outbox where subject like '%.people_registered' order by id")
+            .fetch_all(&personnel.pool)
+            .await
+            .expect("outbox");
+    let counts: Vec<(u32, String)> = announced
+        .iter()
+        .map(|payload| proto::events::PeopleRegistered::decode(payload.as_slice()).expect("an event"))
+        .map(|event| (event.staff, event.source))
+        .collect();
+    assert_eq!(counts, [(3, "import".to_owned())]);
 }
 
 #[tokio::test]
@@ -349,6 +362,27 @@ async fn a_units_second_import_waits_in_line_while_its_first_runs() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let waiting = job(second.clone()).await;
     assert_eq!((waiting.state.as_str(), waiting.place_in_line), ("queued", 1), "{waiting:?}");
+    // The dashboards' live load: the province admin sees both jobs, running first; a reviewer only its agency's
+    // units' (this unit has no agency known here); a unit operator has no such view.
+    let queue_of = |role: &str, agency: &str| {
+        let caller = Some(proto::common::Caller {
+            actor: "dashboard".into(),
+            role: role.into(),
+            agency_code: agency.into(),
+            ..Default::default()
+        });
+        let mut client = personnel.client.clone();
+        async move { client.get_import_queue(proto::personnel::GetImportQueueRequest { caller }).await }
+    };
+    let province = queue_of("province_admin", "").await.expect("the queue").into_inner();
+    assert_eq!((province.running, province.queued), (1, 1), "{province:?}");
+    let states: Vec<(&str, u32)> = province.jobs.iter().map(|job| (job.state.as_str(), job.place_in_line)).collect();
+    assert_eq!(states, [("running", 0), ("queued", 1)]);
+    assert_eq!(province.jobs[0].rows_total, 10);
+    let elsewhere = queue_of("agency_reviewer", "230100").await.expect("the queue").into_inner();
+    assert_eq!((elsewhere.running, elsewhere.queued, elsewhere.jobs.len()), (0, 0, 0));
+    let refused = queue_of("unit_operator", "").await.expect_err("a unit has no queue view");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
 
     faults.disarm("import.after_batch");
     let (first, second) = (finished(&personnel, &first.job_id).await, finished(&personnel, &second.job_id).await);
