@@ -129,6 +129,35 @@ impl IdNumber {
     }
 }
 
+/// `text` with every run of 18 characters shaped like a resident ID number (17 digits and a digit or X) masked as
+/// lists show them, so free text a clerk typed (a rejection reason) can be shown and kept without a clear number.
+/// Longer or shorter runs of digits (phone numbers, bank accounts) are left as they are.
+pub fn mask_in_text(text: &str) -> String {
+    let characters: Vec<char> = text.chars().collect();
+    let mut masked = String::with_capacity(text.len());
+    let mut at = 0;
+    while at < characters.len() {
+        if !characters[at].is_ascii_digit() {
+            masked.push(characters[at]);
+            at += 1;
+            continue;
+        }
+        let end = characters[at..]
+            .iter()
+            .position(|character| !(character.is_ascii_digit() || matches!(character, 'X' | 'x')))
+            .map_or(characters.len(), |length| at + length);
+        let run: String = characters[at..end].iter().collect();
+        let shaped = run.len() == 18 && run[..17].bytes().all(|byte| byte.is_ascii_digit());
+        if shaped {
+            masked.push_str(&format!("{}********{}", &run[..6], &run[14..]));
+        } else {
+            masked.push_str(&run);
+        }
+        at = end;
+    }
+    masked
+}
+
 /// 性别, as GB/T 2261.1 codes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sex {
@@ -226,6 +255,19 @@ mod tests {
                 format!("{first17}{check}")
             },
         )
+    }
+
+    #[test]
+    fn numbers_in_free_text_are_masked_and_other_digits_kept() {
+        assert_eq!(
+            mask_in_text("李娜（230502199002152344）的参加工作时间有误，电话13904691111，账号0907021009000012345"),
+            "李娜（230502********2344）的参加工作时间有误，电话13904691111，账号0907021009000012345"
+        );
+        assert_eq!(
+            mask_in_text("23050219800101123x 与 230502198001011238"),
+            "230502********123x 与 230502********1238"
+        );
+        assert_eq!(mask_in_text("没有号码"), "没有号码");
     }
 
     proptest! {

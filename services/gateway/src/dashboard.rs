@@ -616,7 +616,7 @@ pub async fn page(State(state): State<AppState>, signed_in: SignedIn, Query(filt
         Err(problem) => return crate::operators::denied(&state, &signed_in, &problem),
     };
     let province = province_wide(&signed_in);
-    let query = serde_urlencoded_query(&filter);
+    let query = filter_query(&filter);
     state.pages.render(
         "dashboard.html",
         context! {
@@ -655,7 +655,7 @@ pub fn province_page_html(
     )
 }
 
-fn serde_urlencoded_query(filter: &Filter) -> String {
+fn filter_query(filter: &Filter) -> String {
     let encode = |value: &str| value.bytes().all(|byte| byte.is_ascii_alphanumeric()).then(|| value.to_owned());
     let mut parts = Vec::new();
     if let Some(region) = encode(&filter.region).filter(|region| !region.is_empty()) {

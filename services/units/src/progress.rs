@@ -220,7 +220,8 @@ async fn declaration_changed(
 ) -> Result<(), HandlerError> {
     let at = occurred(changed.meta.as_ref());
     let kind = if changed.kind.is_empty() { "initial" } else { changed.kind.as_str() };
-    let reason = changed.reason.split_whitespace().collect::<Vec<_>>().join(" ");
+    // Reasons are free text shown on dashboards and to other agencies: a number typed into one is masked.
+    let reason = validators::id_number::mask_in_text(&changed.reason.split_whitespace().collect::<Vec<_>>().join(" "));
     let decided = matches!(changed.state.as_str(), "approved" | "rejected" | "withdrawn");
     sqlx::query(
         "insert into progress_declarations (declaration_id, institution_code, agency_code, kind, state, declared_at, \
