@@ -234,6 +234,16 @@ async fn the_admin_loads_the_registry_through_the_page_and_bad_rows_are_listed()
     platform.stop().await;
 }
 
+/// How many pixels the page is wider than the window (0 or less: no sideways scrolling).
+async fn sideways_overflow(browser: &Client) -> i64 {
+    browser
+        .execute("return document.documentElement.scrollWidth - window.innerWidth;", vec![])
+        .await
+        .expect("measure")
+        .as_i64()
+        .unwrap_or(i64::MAX)
+}
+
 #[tokio::test]
 async fn the_pages_fit_a_tablet_without_sideways_scrolling() {
     let platform = spawn_isolated_platform().await;
@@ -246,12 +256,7 @@ async fn the_pages_fit_a_tablet_without_sideways_scrolling() {
         [("/", "07-tablet-home"), ("/keys/apply", "08-tablet-apply"), ("/keys/withdraw", "09-tablet-withdraw")]
     {
         browser.goto(&platform.url(path)).await.expect("page");
-        let overflow = browser
-            .execute("return document.documentElement.scrollWidth - window.innerWidth;", vec![])
-            .await
-            .expect("measure")
-            .as_i64()
-            .unwrap_or(i64::MAX);
+        let overflow = sideways_overflow(&browser).await;
         assert!(overflow <= 0, "{path} is {overflow} px wider than a tablet");
         screenshot(&browser, name).await;
     }
@@ -1339,12 +1344,7 @@ async fn the_province_admin_opens_the_dashboard_and_an_agency_reviewer_sees_its_
     // On a tablet the charts shrink and the wide tables scroll within their own box, not the page.
     browser.set_window_size(768, 1024).await.expect("tablet size");
     browser.refresh().await.expect("refresh");
-    let overflow = browser
-        .execute("return document.documentElement.scrollWidth - window.innerWidth;", vec![])
-        .await
-        .expect("measure")
-        .as_i64()
-        .unwrap_or(i64::MAX);
+    let overflow = sideways_overflow(&browser).await;
     assert!(overflow <= 0, "the dashboard is {overflow} px wider than a tablet");
     screenshot(&browser, "83-tablet-agency-dashboard").await;
     browser.close().await.expect("close the browser");

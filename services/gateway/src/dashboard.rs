@@ -7,7 +7,6 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use minijinja::context;
 use minijinja::value::{Serde, Value};
@@ -615,21 +614,27 @@ pub async fn page(State(state): State<AppState>, signed_in: SignedIn, Query(filt
         Ok(figures) => figures,
         Err(problem) => return crate::operators::denied(&state, &signed_in, &problem),
     };
-    let province = province_wide(&signed_in);
-    let query = filter_query(&filter);
+    let scope = scope_label(&figures, &signed_in, &filter);
     state.pages.render(
         "dashboard.html",
         context! {
-            section => "dashboard", user => user(&signed_in), csrf => signed_in.session.csrf_token.clone(),
-            scope => scope_label(&figures, &signed_in, &filter),
-            as_of => at(figures.progress.as_of.as_ref()).map(beijing_text).unwrap_or_default(),
-            headline => Value::from(Serde(figures.headline())),
-            sections => Value::from(Serde(figures.sections(&filter, province))),
-            filter => Value::from(Serde(&filter)), query => query, province => province,
-            cities => Value::from(Serde(CITIES.to_vec())),
-            agencies => Value::from(Serde(&figures.agencies)),
+            user => user(&signed_in), csrf => signed_in.session.csrf_token.clone(),
+            ..page_context(&figures, &filter, province_wide(&signed_in), scope)
         },
     )
+}
+
+/// What the page shows, whoever it is for.
+fn page_context(figures: &Figures, filter: &Filter, province: bool, scope: String) -> Value {
+    context! {
+        section => "dashboard", scope => scope,
+        as_of => at(figures.progress.as_of.as_ref()).map(beijing_text).unwrap_or_default(),
+        headline => Value::from(Serde(figures.headline())),
+        sections => Value::from(Serde(figures.sections(filter, province))),
+        filter => Value::from(Serde(filter)), query => filter_query(filter), province => province,
+        cities => Value::from(Serde(CITIES.to_vec())),
+        agencies => Value::from(Serde(&figures.agencies)),
+    }
 }
 
 /// The province dashboard's HTML for `progress`, as the province admin sees it with no filter: what a benchmark
@@ -640,19 +645,7 @@ pub fn province_page_html(
     agencies: Vec<(String, String)>,
 ) -> String {
     let figures = Figures { progress, imports: None, agencies, now: OffsetDateTime::now_utc().to_offset(beijing()) };
-    let filter = Filter::default();
-    pages.render_to_string(
-        "dashboard.html",
-        context! {
-            section => "dashboard", scope => "全省",
-            as_of => at(figures.progress.as_of.as_ref()).map(beijing_text).unwrap_or_default(),
-            headline => Value::from(Serde(figures.headline())),
-            sections => Value::from(Serde(figures.sections(&filter, true))),
-            filter => Value::from(Serde(&filter)), query => "", province => true,
-            cities => Value::from(Serde(CITIES.to_vec())),
-            agencies => Value::from(Serde(&figures.agencies)),
-        },
-    )
+    pages.render_to_string("dashboard.html", page_context(&figures, &Filter::default(), true, "全省".into()))
 }
 
 fn filter_query(filter: &Filter) -> String {
@@ -705,21 +698,10 @@ pub async fn xlsx(
     let as_of = at(figures.progress.as_of.as_ref()).map(beijing_text).unwrap_or_default();
     let scope = scope_label(&figures, &signed_in, &filter);
     match workbook(&chosen, &scope, &as_of) {
-        Ok(bytes) => {
+        Ok(content) => {
             let file_name = format!("参保进度-{}.xlsx", if table == "all" { "全部" } else { chosen[0].title.as_str() });
-            let ascii_name = format!("enrollment-progress-{table}.xlsx");
-            let mut response = bytes.into_response();
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
-            );
-            let disposition = crate::printed::content_disposition(false, &ascii_name, &file_name);
-            if let Ok(value) = HeaderValue::from_str(&disposition) {
-                headers.insert(header::CONTENT_DISPOSITION, value);
-            }
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
+            let file = proto::personnel::SpreadsheetFile { file_name, content };
+            crate::imports::xlsx(file, &format!("enrollment-progress-{table}.xlsx"))
         }
         Err(error) => {
             tracing::error!(%error, "cannot write the dashboard workbook");

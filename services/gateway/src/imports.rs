@@ -68,7 +68,8 @@ pub fn job_json(job: &ImportJob) -> serde_json::Value {
     })
 }
 
-fn xlsx(file: SpreadsheetFile, ascii_name: &str) -> Response {
+/// A workbook as a download named `file.file_name` (`ascii_name` for clients that cannot take the UTF-8 name).
+pub(crate) fn xlsx(file: SpreadsheetFile, ascii_name: &str) -> Response {
     let disposition = crate::printed::content_disposition(false, ascii_name, &file.file_name);
     let mut response = file.content.into_response();
     let headers = response.headers_mut();
