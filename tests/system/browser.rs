@@ -1331,6 +1331,18 @@ async fn the_province_admin_opens_the_dashboard_and_an_agency_reviewer_sees_its_
     screenshot(&browser, "80-province-dashboard").await;
     browser.execute("document.getElementById('review').scrollIntoView()", vec![]).await.expect("scroll");
     screenshot(&browser, "81-province-dashboard-review").await;
+    // Printed (as the browser prints it), every section's charts and tables are on paper, without the filters.
+    let configuration = fantoccini::wd::PrintConfiguration::builder().build().expect("print settings");
+    let pdf = browser.print(configuration).await.expect("the page printed");
+    let printed = artifacts().join("84-province-dashboard.pdf");
+    std::fs::write(&printed, &pdf).expect("write the print");
+    let text = Command::new("pdftotext").arg(&printed).arg("-").output().expect("pdftotext runs");
+    let text = String::from_utf8_lossy(&text.stdout);
+    for expected in ["参保进度漏斗", "各市（地）参保完成率", "每日登记人数", "审核队列", crate::dashboard::REJECTION]
+    {
+        assert!(text.contains(expected), "the print lacks {expected}: {text}");
+    }
+    assert!(!text.contains("下载全部表格"), "the print leaves out the page's controls");
     element(&browser, Locator::Id("logout")).await.click().await.expect("logout");
 
     let reviewer = platform.staff("agency_reviewer", "reviewer.dashboard", &scenario.agency).await;
