@@ -321,15 +321,16 @@ pub async fn read(pool: &PgPool, request: GetEnrollmentProgressRequest) -> Resul
     .fetch_all(&mut *transaction)
     .await
     .map_err(kit::db::status)?;
-    // The queue goes by the declaration's agency; a region narrows it through the units' registry places.
+    // The queue goes by the declaration's agency; a region narrows it through the units' registry places, asked
+    // once (a hashed subplan), not per declaration.
     let queue: Vec<(String, i64, i64, Option<OffsetDateTime>, i64, i64)> = sqlx::query_as(
         "select d.agency_code, count(*) filter (where d.state = 'declared'), \
          count(*) filter (where d.state = 'claimed'), \
          min(d.declared_at) filter (where d.state in ('declared', 'claimed')), \
          count(*) filter (where d.state = 'approved'), count(*) filter (where d.state = 'rejected') \
          from progress_declarations d \
-         where ($1 = '' or d.agency_code = $1) and ($2 = '' or exists (select 1 from progress_units u \
-             where u.institution_code = d.institution_code and u.region_code like $2 || '%')) \
+         where ($1 = '' or d.agency_code = $1) and ($2 = '' or d.institution_code in \
+             (select institution_code from progress_units where region_code like $2 || '%')) \
          group by 1 order by 1",
     )
     .bind(&agency)
@@ -339,8 +340,8 @@ pub async fn read(pool: &PgPool, request: GetEnrollmentProgressRequest) -> Resul
     .map_err(kit::db::status)?;
     let reasons: Vec<(String, i64)> = sqlx::query_as(
         "select d.reason, count(*) from progress_declarations d where d.state = 'rejected' \
-         and ($1 = '' or d.agency_code = $1) and ($2 = '' or exists (select 1 from progress_units u \
-             where u.institution_code = d.institution_code and u.region_code like $2 || '%')) \
+         and ($1 = '' or d.agency_code = $1) and ($2 = '' or d.institution_code in \
+             (select institution_code from progress_units where region_code like $2 || '%')) \
          group by 1 order by 2 desc, 1 limit 10",
     )
     .bind(&agency)
